@@ -1,0 +1,3 @@
+//! Runs layers `[start, end)` of a model on one compute backend.
+
+pub mod quant;
