@@ -1,1 +1,117 @@
-//! Quantized kernels.
+//! Quantized kernels over GGUF's block formats, used in place from the mmap.
+//!
+//! Every weight type has one [`WeightKernel`] per instruction set: activations are first
+//! quantized to the type the format's dot product wants ([`WeightKernel::activation`]: 8-bit
+//! blocks for the quantized formats, as ggml does, so results agree with llama.cpp), then rows
+//! of weights are multiplied with rows of activations. The instruction set is chosen once at run
+//! time ([`Isa::detect`]); the scalar kernels are the reference every SIMD kernel is tested
+//! against.
+
+use hearth_model::GgmlType;
+
+mod kquants;
+mod legacy;
+
+/// Instruction sets the kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference for correctness.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86-64 with AVX-512 F/BW/VL on top of AVX2.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            if avx2 && avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Every instruction set usable on this CPU, scalar first.
+    pub fn available() -> Vec<Isa> {
+        let mut isas = vec![Isa::Scalar];
+        match Isa::detect() {
+            Isa::Scalar => {}
+            Isa::Avx2 => isas.push(Isa::Avx2),
+            Isa::Avx512 => isas.extend([Isa::Avx2, Isa::Avx512]),
+        }
+        isas
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Quantizes one row of f32 activations into `out` (exactly `activation.row_bytes(x.len())` bytes).
+pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
+
+/// Expands one row of `out.len()` values stored in the weight format into f32.
+pub type DequantizeFn = fn(src: &[u8], out: &mut [f32]);
+
+/// `out[r * tokens + t] = dot(weight row r, activation row t)` for `r < rows`, `t < tokens`.
+///
+/// `n` is the row length in values; `w` holds `rows` consecutive weight rows and `act` holds
+/// `tokens` consecutive activation rows, each in its own format's row size.
+pub type MatmulFn =
+    fn(n: usize, w: &[u8], rows: usize, act: &[u8], tokens: usize, out: &mut [f32]);
+
+/// The kernels for one weight format on one instruction set.
+#[derive(Clone, Copy)]
+pub struct WeightKernel {
+    pub weight: GgmlType,
+    /// The format activations are converted to before the dot product.
+    pub activation: GgmlType,
+    pub quantize_activation: QuantizeFn,
+    pub dequantize: DequantizeFn,
+    pub matmul: MatmulFn,
+}
+
+impl std::fmt::Debug for WeightKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightKernel")
+            .field("weight", &self.weight)
+            .field("activation", &self.activation)
+            .finish()
+    }
+}
+
+/// The kernels for weights of type `t` on `isa`, or `None` if the engine cannot compute with
+/// that type. A SIMD request falls back to the best slower kernel available for the type.
+pub fn weight_kernel(t: GgmlType, isa: Isa) -> Option<WeightKernel> {
+    legacy::weight_kernel(t, isa).or_else(|| kquants::weight_kernel(t, isa))
+}
+
+/// Weight types the engine computes with.
+pub const SUPPORTED_WEIGHT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
