@@ -1,1 +1,48 @@
-fn main() {}
+//! `hearth`: the command-line front end. Library crates do the work; this binary parses
+//! arguments, wires them together and reports errors in one line.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Turn the devices you own into one inference cluster for large language models.
+#[derive(Parser)]
+#[command(name = "hearth", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt or a chat message on this machine.
+    Run(cli::run::RunArgs),
+    /// Print the token ids of a text.
+    Tokenize(cli::tokenize::TokenizeArgs),
+    /// Score a continuation: per token, its log-probability and the top predictions.
+    Logprobs(cli::logprobs::LogprobsArgs),
+    /// Measure prompt-processing and generation speed.
+    Bench(cli::bench::BenchArgs),
+    /// Download and list models.
+    #[command(subcommand)]
+    Model(cli::model::ModelCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::Tokenize(args) => cli::tokenize::run(args),
+        Command::Logprobs(args) => cli::logprobs::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Model(cmd) => cli::model::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

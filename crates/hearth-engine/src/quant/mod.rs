@@ -74,8 +74,7 @@ pub type DequantizeFn = fn(src: &[u8], out: &mut [f32]);
 ///
 /// `n` is the row length in values; `w` holds `rows` consecutive weight rows and `act` holds
 /// `tokens` consecutive activation rows, each in its own format's row size.
-pub type MatmulFn =
-    fn(n: usize, w: &[u8], rows: usize, act: &[u8], tokens: usize, out: &mut [f32]);
+pub type MatmulFn = fn(n: usize, w: &[u8], rows: usize, act: &[u8], tokens: usize, out: &mut [f32]);
 
 /// The kernels for one weight format on one instruction set.
 #[derive(Clone, Copy)]
@@ -101,6 +100,12 @@ impl std::fmt::Debug for WeightKernel {
 /// that type. A SIMD request falls back to the best slower kernel available for the type.
 pub fn weight_kernel(t: GgmlType, isa: Isa) -> Option<WeightKernel> {
     legacy::weight_kernel(t, isa).or_else(|| kquants::weight_kernel(t, isa))
+}
+
+/// Quantizes `x` (a whole number of blocks) into `out` (exactly `t.row_bytes(x.len())` bytes)
+/// with ggml's reference quantizer for `t`; `false` if the engine cannot write `t`.
+pub fn quantize_weights(t: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
+    legacy::quantize_row(t, x, out) || kquants::quantize_row(t, x, out)
 }
 
 /// Weight types the engine computes with.

@@ -1,1 +1,145 @@
-use super::*; pub(super) fn weight_kernel(_t: GgmlType, _isa: Isa) -> Option<WeightKernel> { None }
+//! The legacy GGUF formats: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+//!
+//! Q4_0, Q5_0 and Q8_0 weights multiply Q8_0 activations, Q4_1 and Q5_1 multiply Q8_1 ones (which
+//! carry `d * sum(q)` for the weights' minimum), and float weights multiply activations rounded
+//! to their own type, all as ggml does so that logits agree with llama.cpp.
+//!
+//! The SIMD kernels are safe functions that assume their instruction set: `weight_kernel` hands
+//! one out only for the `Isa` it was asked for, and callers must only ask for an `Isa` that
+//! [`Isa::detect`] reported (or one listed by [`Isa::available`]).
+
+use super::*;
+
+pub mod blocks;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod simd;
+// AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared MSRV; the AVX2
+// build names them too, in branches its constants rule out.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod avx512;
+
+#[cfg(test)]
+mod tests;
+
+/// The kernels of the instruction set `isa` for `t`, falling back to slower ones where `isa` has
+/// none of its own.
+pub(super) fn weight_kernel(t: GgmlType, isa: Isa) -> Option<WeightKernel> {
+    use GgmlType as G;
+    let (activation, dequantize): (GgmlType, DequantizeFn) = match t {
+        G::F32 => (G::F32, blocks::dequantize_f32),
+        G::F16 => (G::F16, blocks::dequantize_f16),
+        G::BF16 => (G::BF16, blocks::dequantize_bf16),
+        G::Q4_0 => (G::Q8_0, blocks::dequantize_q4_0),
+        G::Q4_1 => (G::Q8_1, blocks::dequantize_q4_1),
+        G::Q5_0 => (G::Q8_0, blocks::dequantize_q5_0),
+        G::Q5_1 => (G::Q8_1, blocks::dequantize_q5_1),
+        G::Q8_0 => (G::Q8_0, blocks::dequantize_q8_0),
+        _ => return None,
+    };
+    let quantize_activation = activation_quantizer(activation, isa)?;
+    Some(WeightKernel {
+        weight: t,
+        activation,
+        quantize_activation,
+        dequantize,
+        matmul: matmul_fn(t, isa)?,
+    })
+}
+
+fn activation_quantizer(t: GgmlType, isa: Isa) -> Option<QuantizeFn> {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        match t {
+            GgmlType::Q8_0 => return Some(avx2::quantize_q8_0),
+            GgmlType::Q8_1 => return Some(avx2::quantize_q8_1),
+            _ => {}
+        }
+    }
+    let _ = isa;
+    quantizer(t)
+}
+
+fn quantizer(t: GgmlType) -> Option<QuantizeFn> {
+    use GgmlType as G;
+    Some(match t {
+        G::F32 => blocks::quantize_f32,
+        G::F16 => blocks::quantize_f16,
+        G::BF16 => blocks::quantize_bf16,
+        G::Q4_0 => blocks::quantize_q4_0,
+        G::Q4_1 => blocks::quantize_q4_1,
+        G::Q5_0 => blocks::quantize_q5_0,
+        G::Q5_1 => blocks::quantize_q5_1,
+        G::Q8_0 => blocks::quantize_q8_0,
+        G::Q8_1 => blocks::quantize_q8_1,
+        _ => return None,
+    })
+}
+
+fn matmul_fn(t: GgmlType, isa: Isa) -> Option<MatmulFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The AVX-512 kernels use VNNI as well; without it the AVX2 ones are as good.
+        if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") {
+            return avx512_matmul(t);
+        }
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+            return avx2_matmul(t);
+        }
+    }
+    let _ = isa;
+    scalar_matmul(t)
+}
+
+macro_rules! matmul_table {
+    ($name:ident, $m:ident) => {
+        fn $name(t: GgmlType) -> Option<MatmulFn> {
+            use GgmlType as G;
+            Some(match t {
+                G::F32 => $m::matmul_f32,
+                G::F16 => $m::matmul_f16,
+                G::BF16 => $m::matmul_bf16,
+                G::Q4_0 => $m::matmul_q4_0,
+                G::Q4_1 => $m::matmul_q4_1,
+                G::Q5_0 => $m::matmul_q5_0,
+                G::Q5_1 => $m::matmul_q5_1,
+                G::Q8_0 => $m::matmul_q8_0,
+                _ => return None,
+            })
+        }
+    };
+}
+
+matmul_table!(scalar_matmul, scalar);
+#[cfg(target_arch = "x86_64")]
+matmul_table!(avx2_matmul, avx2);
+#[cfg(target_arch = "x86_64")]
+fn avx512_matmul(t: GgmlType) -> Option<MatmulFn> {
+    use GgmlType as G;
+    Some(match t {
+        G::Q4_0 => avx512::matmul_q4_0,
+        G::Q4_1 => avx512::matmul_q4_1,
+        G::Q5_0 => avx512::matmul_q5_0,
+        G::Q5_1 => avx512::matmul_q5_1,
+        G::Q8_0 => avx512::matmul_q8_0,
+        _ => return avx2_matmul(t),
+    })
+}
+
+/// Quantizes `x` (a whole number of blocks) into `out` (exactly `t.row_bytes(x.len())` bytes)
+/// with ggml's round-to-nearest reference quantizer; `false` if `t` is not a legacy format.
+pub fn quantize_row(t: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
+    match quantizer(t) {
+        Some(q) => {
+            q(x, out);
+            true
+        }
+        None => false,
+    }
+}

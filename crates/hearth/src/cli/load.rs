@@ -1,0 +1,185 @@
+//! Loading a model for the commands that run it: resolve the name, open and validate the file,
+//! build the tokenizer, and load the engine's shards.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hearth_engine::{ShardChain, ShardOptions};
+use hearth_model::chat::ChatTemplate;
+use hearth_model::gguf::GgufFile;
+use hearth_model::tokenizer::Tokenizer;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model to use: a catalog name (see `hearth model list`) or a path to a .gguf file.
+    #[arg(long, short = 'm', default_value = "smollm2-135m")]
+    pub model: String,
+}
+
+/// Options of the engine when it runs a model.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Compute threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Run the model as a chain of shards, e.g. `0..10,10..20,20..30` (same output as whole).
+    #[arg(long, value_parser = parse_layers)]
+    pub layers: Option<LayerSplit>,
+    /// Positions (prompt + generated tokens) the KV cache holds (default: the model's
+    /// training context, at most 4096).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Refuse to load if weights, KV cache and scratch exceed this size (e.g. `512MiB`, `2G`).
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerSplit(pub Vec<Range<usize>>);
+
+fn parse_layers(s: &str) -> Result<LayerSplit, String> {
+    let ranges = s
+        .split(',')
+        .map(|part| {
+            let (a, b) = part
+                .trim()
+                .split_once("..")
+                .ok_or_else(|| format!("{part:?} is not a range like 0..10"))?;
+            let a: usize = a.trim().parse().map_err(|_| format!("bad layer number {a:?}"))?;
+            let b: usize = b.trim().parse().map_err(|_| format!("bad layer number {b:?}"))?;
+            if a >= b {
+                return Err(format!("empty layer range {a}..{b}"));
+            }
+            Ok(a..b)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LayerSplit(ranges))
+}
+
+/// Parses `123`, `512MiB`, `1.5GiB`, `2G`, `300MB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "t" | "tib" => 1024f64.powi(4),
+        "tb" => 1e12,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((value * scale) as u64)
+}
+
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub file: Arc<GgufFile>,
+    pub tokenizer: Tokenizer,
+}
+
+impl LoadedModel {
+    pub fn open(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+        let path = super::model::resolve_or_pull(&args.model)?;
+        let file = GgufFile::open(&path)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        let tokenizer = Tokenizer::from_metadata(file.metadata())
+            .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
+        Ok(LoadedModel {
+            path,
+            file: Arc::new(file),
+            tokenizer,
+        })
+    }
+
+    /// The model's chat template, or ChatML when the file has none.
+    pub fn chat_template(&self) -> anyhow::Result<ChatTemplate> {
+        let md = self.file.metadata();
+        if md.get("tokenizer.chat_template").is_some() {
+            return ChatTemplate::from_metadata(md).context("the model's chat template is invalid");
+        }
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(ChatTemplate::chatml(
+            text(self.tokenizer.bos()),
+            text(self.tokenizer.eos()),
+        ))
+    }
+
+    pub fn load_chain(&self, args: &EngineArgs, sequences: usize) -> anyhow::Result<ShardChain> {
+        let config = hearth_model::config::ModelConfig::from_gguf(&self.file)
+            .with_context(|| format!("cannot run {}", self.path.display()))?;
+        let context = args
+            .context
+            .unwrap_or_else(|| config.context_length.min(4096));
+        if context == 0 {
+            bail!("--context must be at least 1");
+        }
+        let options = ShardOptions {
+            context,
+            max_sequences: sequences,
+            memory_limit: args.memory_limit,
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
+            ..ShardOptions::default()
+        };
+        let ranges = args.layers.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+        ShardChain::load(Arc::clone(&self.file), &ranges, options)
+            .with_context(|| format!("cannot run {}", self.path.display()))
+    }
+}
+
+/// Peak resident memory of this process, from the kernel's high-water mark.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Comma-separated token ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("bad token id {p:?}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("300MB"), Ok(300_000_000));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert!(parse_size("12XB").is_err());
+    }
+
+    #[test]
+    fn layer_splits_parse() {
+        let l = parse_layers("0..10, 10..30").unwrap();
+        assert_eq!(l.0, vec![0..10, 10..30]);
+        assert!(parse_layers("5..5").is_err());
+        assert!(parse_layers("a..b").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+pub mod bench;
+mod load;
+pub mod logprobs;
+pub mod model;
+pub mod run;
+pub mod tokenize;
