@@ -152,14 +152,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Comma-separated token ids.
-pub fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
+/// A comma-separated list of token ids on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct TokenIds(pub Vec<u32>);
+
+pub fn parse_ids(s: &str) -> Result<TokenIds, String> {
     if s.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok(TokenIds::default());
     }
     s.split(',')
         .map(|p| p.trim().parse::<u32>().map_err(|_| format!("bad token id {p:?}")))
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(TokenIds)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use super::load::{parse_ids, EngineArgs, LoadedModel, ModelArgs};
+use super::load::{parse_ids, TokenIds, EngineArgs, LoadedModel, ModelArgs};
 use anyhow::bail;
 use clap::Args;
 use hearth_engine::LogitRows;
@@ -9,10 +9,10 @@ pub struct LogprobsArgs {
     pub model: ModelArgs,
     /// Comma-separated token ids of the prompt.
     #[arg(long, value_parser = parse_ids)]
-    pub prompt_tokens: Vec<u32>,
+    pub prompt_tokens: TokenIds,
     /// Comma-separated token ids to score after the prompt.
     #[arg(long, value_parser = parse_ids)]
-    pub continuation: Vec<u32>,
+    pub continuation: TokenIds,
     /// How many of the most likely tokens to list per step.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -24,9 +24,8 @@ pub struct LogprobsArgs {
 }
 
 pub fn run(args: LogprobsArgs) -> anyhow::Result<()> {
-    // clap collects one Vec per occurrence of the flag; join them.
-    let prompt: Vec<u32> = args.prompt_tokens;
-    let continuation: Vec<u32> = args.continuation;
+    let prompt = args.prompt_tokens.0;
+    let continuation = args.continuation.0;
     if prompt.is_empty() {
         bail!("--prompt-tokens must name at least one token");
     }

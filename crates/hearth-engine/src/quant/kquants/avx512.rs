@@ -10,10 +10,6 @@
 //! checked them ([`crate::quant::Isa::detect`]) and pass pointers valid for the sizes documented
 //! on [`super::TileFn`].
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared
-// rust-version; the toolchain in use has them, and the declared version needs raising.
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 
 use super::blocks::*;

@@ -176,8 +176,8 @@ pub(super) fn matmul_bf16(
     unsafe { float_matmul::<Bf16>(n, w, rows, act, tokens, out) }
 }
 
-// Activation quantizers: the same numbers as the scalar ones (scale `amax / 127`, its inverse,
-// rounding half away from zero), 8 lanes at a time.
+// Activation quantizers: the same numbers as the scalar ones (inverse scale `127 / amax`,
+// halves rounded to even), 8 lanes at a time.
 
 /// Quantizes one block of 32 values into `qs` and returns `(d, sum of quants)`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -197,16 +197,12 @@ unsafe fn q8_block(x: *const f32, qs: *mut u8) -> (f32, i32) {
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
     let d = amax / 127.0;
-    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let half = _mm256_set1_ps(0.5);
-    let one = _mm256_set1_ps(1.0);
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     let mut q = [_mm256_setzero_si256(); 4];
     for (qi, &vi) in q.iter_mut().zip(&v) {
         let s = _mm256_mul_ps(vi, id);
-        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
-        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half);
-        let step = _mm256_or_ps(_mm256_and_ps(s, sign), one);
-        *qi = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, step)));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s);
+        *qi = _mm256_cvttps_epi32(r);
     }
     let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
     let s = _mm_add_epi32(

@@ -131,12 +131,17 @@ pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
 }
 
 /// Returns the sum of the quants, which Q8_1 also stores.
+///
+/// Follows llama.cpp's x86 activation quantizer rather than its portable reference: the
+/// inverse scale is `127 / amax` and halves round to even. Matching it bit for bit keeps the
+/// 8-bit activations, and so the logits, the same as llama.cpp's on the same input.
 fn quantize_q8_block(xb: &[f32], qs: &mut [u8]) -> (f32, i32) {
-    let d = abs_max(xb) / 127.0;
-    let id = inv(d);
+    let amax = abs_max(xb);
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0;
     for (q, &v) in qs.iter_mut().zip(xb) {
-        let v = round_away(v * id).clamp(-128, 127);
+        let v = ((v * id).round_ties_even() as i32).clamp(-128, 127);
         sum += v;
         *q = v as i8 as u8;
     }

@@ -16,13 +16,9 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 #[macro_use]
 mod simd;
-// AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared MSRV; the AVX2
-// build names them too, in branches its constants rule out.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod avx512;
 
 #[cfg(test)]
