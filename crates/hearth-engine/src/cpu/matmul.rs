@@ -13,6 +13,10 @@ use hearth_model::GgmlType;
 const TOKEN_CHUNK: usize = 64;
 /// Floats of per-thread scratch for one work unit's output.
 const UNIT_SCRATCH: usize = 64 * TOKEN_CHUNK;
+/// Row chunks per thread in a decode matmul: few, so each thread streams long runs of
+/// consecutive rows (many small chunks cost more in lost prefetching and contention than they
+/// win in balance), but more than one, so a descheduled thread's work can move.
+const DECODE_CHUNKS_PER_THREAD: usize = 4;
 /// Most matrices one group multiplies with the same activations (q, k, v).
 const MAX_JOBS: usize = 4;
 
@@ -126,7 +130,7 @@ pub fn matmul(
     let total_rows: usize = jobs.iter().map(|j| j.matrix.rows).sum();
     let threads = pool.threads();
     let row_chunk = if tokens == 1 {
-        (total_rows / (threads * 16)).clamp(8, 64)
+        (total_rows / (threads * DECODE_CHUNKS_PER_THREAD)).max(8)
     } else {
         (UNIT_SCRATCH / TOKEN_CHUNK).min(total_rows.div_ceil(threads * 4).max(4))
     };

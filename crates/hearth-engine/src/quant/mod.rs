@@ -24,8 +24,34 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU supports.
+    /// The best instruction set this CPU supports, capped by the `HEARTH_ISA` environment
+    /// variable (`scalar`, `avx2`, `avx512`) when it is set, for comparing kernels.
     pub fn detect() -> Isa {
+        let best = Isa::detect_cpu();
+        match std::env::var("HEARTH_ISA").ok().and_then(|v| Isa::from_name(&v)) {
+            Some(cap) if cap.rank() < best.rank() => cap,
+            _ => best,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        }
+    }
+
+    fn detect_cpu() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = std::arch::is_x86_feature_detected!("avx2")
@@ -47,7 +73,7 @@ impl Isa {
     /// Every instruction set usable on this CPU, scalar first.
     pub fn available() -> Vec<Isa> {
         let mut isas = vec![Isa::Scalar];
-        match Isa::detect() {
+        match Isa::detect_cpu() {
             Isa::Scalar => {}
             Isa::Avx2 => isas.push(Isa::Avx2),
             Isa::Avx512 => isas.extend([Isa::Avx2, Isa::Avx512]),

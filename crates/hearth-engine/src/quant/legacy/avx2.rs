@@ -1,6 +1,6 @@
 //! AVX2 + FMA + F16C kernels. The float formats live only here: AVX-512 did not beat them.
 
-x86_kernels!(features: "avx2,fma,f16c", avx512: false, decode_rows: 4, prefill_rows: 2);
+x86_kernels!(features: "avx2,fma,f16c", avx512: false, decode_rows: 1, prefill_rows: 2);
 
 // Float formats: weights and activations share the element type.
 

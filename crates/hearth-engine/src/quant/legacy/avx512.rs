@@ -3,6 +3,6 @@
 x86_kernels!(
     features: "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     avx512: true,
-    decode_rows: 4,
+    decode_rows: 1,
     prefill_rows: 4
 );
