@@ -2,9 +2,9 @@
 //! shard, or a local stand-in for a pipeline across nodes (same arithmetic, same output).
 
 use crate::error::EngineError;
-use crate::sample::Sampler;
-use crate::shard::{LogitRows, SequenceId, Shard, ShardInput, ShardOutput, ShardOptions};
 use crate::pool::ThreadPool;
+use crate::sample::Sampler;
+use crate::shard::{LogitRows, SequenceId, Shard, ShardInput, ShardOptions, ShardOutput};
 use hearth_model::config::ModelConfig;
 use hearth_model::gguf::GgufFile;
 use std::ops::Range;
@@ -26,13 +26,14 @@ impl ShardChain {
     ) -> Result<ShardChain, EngineError> {
         let config = ModelConfig::from_gguf(&file)?;
         let n_layers = config.n_layers;
-        let ranges: Vec<Range<usize>> = if ranges.is_empty() {
-            vec![0..n_layers]
+        let whole = 0..n_layers;
+        let ranges: &[Range<usize>] = if ranges.is_empty() {
+            std::slice::from_ref(&whole)
         } else {
-            ranges.to_vec()
+            ranges
         };
         let mut expected_start = 0;
-        for r in &ranges {
+        for r in ranges {
             if r.start != expected_start || r.end <= r.start || r.end > n_layers {
                 return Err(EngineError::BadLayerRange {
                     start: r.start,
@@ -60,7 +61,12 @@ impl ShardChain {
         let shards = ranges
             .iter()
             .map(|r| {
-                Shard::load_with_config(Arc::clone(&file), config.clone(), r.clone(), options.clone())
+                Shard::load_with_config(
+                    Arc::clone(&file),
+                    config.clone(),
+                    r.clone(),
+                    options.clone(),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ShardChain {

@@ -91,7 +91,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -133,9 +133,8 @@ fn worker_loop(shared: &Shared, index: usize, threads: usize) {
         }
         let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(job) = job {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                job(index, threads)
-            }));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index, threads)));
             if result.is_err() {
                 shared.panicked.store(true, Ordering::SeqCst);
             }

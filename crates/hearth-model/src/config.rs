@@ -79,6 +79,12 @@ impl ModelConfig {
     /// Reads and checks the configuration against the file's tensors.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
         let config = ModelConfig::from_metadata(file.metadata(), |name| file.tensor(name))?;
+        // The block count is only bounded by 2^24; listing every expected tensor of a count the
+        // file cannot back would take gigabytes before the first lookup fails.
+        let last = format!("blk.{}.attn_norm.weight", config.n_layers - 1);
+        if file.tensor(&last).is_none() {
+            return Err(ConfigError::MissingTensor(last));
+        }
         config.check_tensors(|name| file.tensor(name))?;
         Ok(config)
     }

@@ -138,9 +138,11 @@ pub fn quantize_weights(t: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
 pub const SUPPORTED_WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
+    GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
     GgmlType::Q5_K,

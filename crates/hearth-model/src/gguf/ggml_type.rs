@@ -102,7 +102,7 @@ impl GgmlType {
     /// (or the size overflows).
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let len = self.block_len() as u64;
-        if n % len != 0 {
+        if !n.is_multiple_of(len) {
             return None;
         }
         (n / len).checked_mul(self.block_bytes() as u64)

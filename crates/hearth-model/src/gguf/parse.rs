@@ -11,6 +11,11 @@ use std::collections::HashSet;
 pub(super) const MAGIC: &[u8; 4] = b"GGUF";
 pub(super) const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_ARRAY_NESTING: usize = 4;
+/// Most items reserved up front for a list whose length comes from the file. A count that passes
+/// the bytes-left check can still ask for many times the file size once each item is a full
+/// in-memory value (and nested arrays reserve at every level), so larger lists grow as items
+/// actually parse.
+const MAX_PREALLOC: u64 = 4096;
 
 /// Everything before the tensor data.
 #[derive(Debug, Clone)]
@@ -100,10 +105,7 @@ impl<'a> Cursor<'a> {
             4 => MetaValue::U32(self.u32("u32 value")?),
             5 => MetaValue::I32(self.u32("i32 value")? as i32),
             6 => MetaValue::F32(f32::from_bits(self.u32("f32 value")?)),
-            7 => MetaValue::Bool(match self.u8("bool value")? {
-                0 => false,
-                _ => true,
-            }),
+            7 => MetaValue::Bool(self.u8("bool value")? != 0),
             8 => MetaValue::String(self.string("string value")?),
             9 => {
                 if depth >= MAX_ARRAY_NESTING {
@@ -118,7 +120,7 @@ impl<'a> Cursor<'a> {
                     value_type: item_type,
                 })?;
                 let count = self.count("array item", min_bytes)?;
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity(count.min(MAX_PREALLOC) as usize);
                 for _ in 0..count {
                     items.push(self.value(item_type, depth + 1)?);
                 }
@@ -200,14 +202,15 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
         }
     };
 
-    let mut tensors = Vec::with_capacity(tensor_count as usize);
-    let mut names = HashSet::with_capacity(tensor_count as usize);
+    let reserve = tensor_count.min(MAX_PREALLOC) as usize;
+    let mut tensors = Vec::with_capacity(reserve);
+    let mut names = HashSet::with_capacity(reserve);
     for _ in 0..tensor_count {
         let info = tensor_info(&mut cur)?;
         if !names.insert(info.name.clone()) {
             return Err(GgufError::DuplicateTensor(info.name));
         }
-        if info.offset % alignment != 0 {
+        if !info.offset.is_multiple_of(alignment) {
             return Err(GgufError::Misaligned {
                 name: info.name,
                 offset: info.offset,
@@ -254,7 +257,7 @@ fn tensor_info(cur: &mut Cursor<'_>) -> Result<TensorInfo, GgufError> {
         shape: shape.clone(),
         reason,
     };
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Err(bad_shape("a dimension is zero"));
     }
     let elements = shape
@@ -262,9 +265,14 @@ fn tensor_info(cur: &mut Cursor<'_>) -> Result<TensorInfo, GgufError> {
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad_shape("element count overflows"))?;
     let row_len = shape.first().copied().unwrap_or(1);
+    // Checked apart from `row_bytes` so that an overflowing size is not reported as a block
+    // mismatch.
+    if !row_len.is_multiple_of(ggml_type.block_len() as u64) {
+        return Err(bad_shape("first dimension is not a whole number of blocks"));
+    }
     let row_bytes = ggml_type
         .row_bytes(row_len)
-        .ok_or_else(|| bad_shape("first dimension is not a whole number of blocks"))?;
+        .ok_or_else(|| bad_shape("byte size overflows"))?;
     let bytes = row_bytes
         .checked_mul(elements / row_len)
         .ok_or_else(|| bad_shape("byte size overflows"))?;
@@ -279,7 +287,7 @@ fn tensor_info(cur: &mut Cursor<'_>) -> Result<TensorInfo, GgufError> {
 
 fn check_tensor_ranges(tensors: &[TensorInfo], data_len: u64) -> Result<(), GgufError> {
     for t in tensors {
-        let end = t.offset.checked_add(t.bytes).unwrap_or(u64::MAX);
+        let end = t.offset.saturating_add(t.bytes);
         if end > data_len {
             return Err(GgufError::TensorOutOfBounds {
                 name: t.name.clone(),

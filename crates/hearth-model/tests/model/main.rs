@@ -6,6 +6,9 @@
 
 use std::path::PathBuf;
 
+mod config;
+mod fuzz_lite;
+mod gguf;
 mod tokenizer;
 
 pub const TEST_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

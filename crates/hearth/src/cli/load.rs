@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use hearth_engine::{ShardChain, ShardOptions};
 use hearth_model::chat::ChatTemplate;
+use hearth_model::config::ModelConfig;
 use hearth_model::gguf::GgufFile;
 use hearth_model::tokenizer::Tokenizer;
 use std::ops::Range;
@@ -85,6 +86,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct LoadedModel {
     pub path: PathBuf,
     pub file: Arc<GgufFile>,
+    pub config: ModelConfig,
     pub tokenizer: Tokenizer,
 }
 
@@ -93,11 +95,14 @@ impl LoadedModel {
         let path = super::model::resolve_or_pull(&args.model)?;
         let file = GgufFile::open(&path)
             .with_context(|| format!("cannot load model {}", path.display()))?;
+        let config = ModelConfig::from_gguf(&file)
+            .with_context(|| format!("cannot run {}", path.display()))?;
         let tokenizer = Tokenizer::from_metadata(file.metadata())
             .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
         Ok(LoadedModel {
             path,
             file: Arc::new(file),
+            config,
             tokenizer,
         })
     }
@@ -120,11 +125,9 @@ impl LoadedModel {
     }
 
     pub fn load_chain(&self, args: &EngineArgs, sequences: usize) -> anyhow::Result<ShardChain> {
-        let config = hearth_model::config::ModelConfig::from_gguf(&self.file)
-            .with_context(|| format!("cannot run {}", self.path.display()))?;
         let context = args
             .context
-            .unwrap_or_else(|| config.context_length.min(4096));
+            .unwrap_or_else(|| self.config.context_length.min(4096));
         if context == 0 {
             bail!("--context must be at least 1");
         }

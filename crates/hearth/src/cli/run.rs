@@ -52,6 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--temperature must be zero or positive");
     }
     let model = LoadedModel::open(&args.model)?;
+    let mut chain = model.load_chain(&args.engine, 1)?;
     let tok = &model.tokenizer;
     let prompt_tokens = match (&args.prompt, &args.chat) {
         (Some(text), _) => {
@@ -73,7 +74,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if prompt_tokens.is_empty() {
         bail!("the prompt is empty");
     }
-    let mut chain = model.load_chain(&args.engine, 1)?;
     if prompt_tokens.len() >= chain.context() {
         bail!(
             "the prompt has {} tokens but the context holds {}; shorten it or raise --context",
@@ -120,6 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "prompt_tokens": prompt_tokens,
             "tokens": generated,
             "text": text,
+            "peak_rss_bytes": super::load::peak_rss_bytes(),
         });
         println!("{json}");
     } else {

@@ -31,12 +31,6 @@ pub fn rd_u32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-/// C's `roundf`: halves go away from zero (Rust's `f32::round` does the same).
-#[inline]
-fn round_away(x: f32) -> i32 {
-    x.round() as i32
-}
-
 fn abs_max(x: &[f32]) -> f32 {
     x.iter().fold(0.0f32, |m, &v| m.max(v.abs()))
 }

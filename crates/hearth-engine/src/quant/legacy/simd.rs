@@ -286,6 +286,8 @@ macro_rules! x86_kernels {
         /// Activations of this many bytes stay in L2 while every row tile streams past them.
         const ACT_CHUNK_BYTES: usize = 256 << 10;
 
+        // The row tile `$rd` may be 1, where `r + $rd <= rows` reads as an off-by-one.
+        #[allow(clippy::int_plus_one)]
         #[target_feature(enable = $feat)]
         unsafe fn int_matmul<F: Fmt>(
             n: usize,
