@@ -49,8 +49,14 @@ fn parse_layers(s: &str) -> Result<LayerSplit, String> {
                 .trim()
                 .split_once("..")
                 .ok_or_else(|| format!("{part:?} is not a range like 0..10"))?;
-            let a: usize = a.trim().parse().map_err(|_| format!("bad layer number {a:?}"))?;
-            let b: usize = b.trim().parse().map_err(|_| format!("bad layer number {b:?}"))?;
+            let a: usize = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad layer number {a:?}"))?;
+            let b: usize = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad layer number {b:?}"))?;
             if a >= b {
                 return Err(format!("empty layer range {a}..{b}"));
             }
@@ -141,7 +147,11 @@ impl LoadedModel {
                 .max(1),
             ..ShardOptions::default()
         };
-        let ranges = args.layers.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+        let ranges = args
+            .layers
+            .as_ref()
+            .map(|l| l.0.clone())
+            .unwrap_or_default();
         ShardChain::load(Arc::clone(&self.file), &ranges, options)
             .with_context(|| format!("cannot run {}", self.path.display()))
     }
@@ -164,7 +174,11 @@ pub fn parse_ids(s: &str) -> Result<TokenIds, String> {
         return Ok(TokenIds::default());
     }
     s.split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("bad token id {p:?}")))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("bad token id {p:?}"))
+        })
         .collect::<Result<_, _>>()
         .map(TokenIds)
 }

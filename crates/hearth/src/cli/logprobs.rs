@@ -1,4 +1,4 @@
-use super::load::{parse_ids, TokenIds, EngineArgs, LoadedModel, ModelArgs};
+use super::load::{parse_ids, EngineArgs, LoadedModel, ModelArgs, TokenIds};
 use anyhow::bail;
 use clap::Args;
 use hearth_engine::LogitRows;

@@ -48,7 +48,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !(args.temperature >= 0.0) {
+    if args.temperature.is_nan() || args.temperature < 0.0 {
         bail!("--temperature must be zero or positive");
     }
     let model = LoadedModel::open(&args.model)?;
@@ -139,7 +139,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             stats.prefill_seconds,
             stats.generated_tokens,
             decode_rate,
-            if stats.context_full { ", context full" } else { "" }
+            if stats.context_full {
+                ", context full"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

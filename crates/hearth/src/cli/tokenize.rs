@@ -23,7 +23,10 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::json!({ "tokens": tokens }));
     } else {
         for t in tokens {
-            println!("{t}\t{:?}", String::from_utf8_lossy(tok.token_piece(t, true)));
+            println!(
+                "{t}\t{:?}",
+                String::from_utf8_lossy(tok.token_piece(t, true))
+            );
         }
     }
     Ok(())

@@ -27,7 +27,14 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn run_on(path: &Path) -> Output {
-    hearth(&["run", "-m", path.to_str().unwrap(), "--prompt", "hi", "--json"])
+    hearth(&[
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--json",
+    ])
 }
 
 #[test]
@@ -70,13 +77,36 @@ fn tiny_model(arch: &str, weight_type: GgmlType) -> Vec<u8> {
     w.metadata("tokenizer.ggml.tokens", MetaValue::Array(tokens));
     w.metadata("tokenizer.ggml.merges", MetaValue::Array(vec![]));
     let matrix = |t: GgmlType, rows: u64| vec![0u8; (t.row_bytes(256).unwrap() * rows) as usize];
-    w.tensor("token_embd.weight", &[256, 4], weight_type, matrix(weight_type, 4));
+    w.tensor(
+        "token_embd.weight",
+        &[256, 4],
+        weight_type,
+        matrix(weight_type, 4),
+    );
     w.tensor("output_norm.weight", &[256], GgmlType::F32, vec![0; 1024]);
     for name in ["attn_norm", "ffn_norm"] {
-        w.tensor(format!("blk.0.{name}.weight"), &[256], GgmlType::F32, vec![0; 1024]);
+        w.tensor(
+            format!("blk.0.{name}.weight"),
+            &[256],
+            GgmlType::F32,
+            vec![0; 1024],
+        );
     }
-    for name in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
-        w.tensor(format!("blk.0.{name}.weight"), &[256, 256], weight_type, matrix(weight_type, 256));
+    for name in [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ] {
+        w.tensor(
+            format!("blk.0.{name}.weight"),
+            &[256, 256],
+            weight_type,
+            matrix(weight_type, 256),
+        );
     }
     w.to_bytes()
 }
@@ -136,11 +166,35 @@ fn memory_limit_too_small() {
 fn bad_token_ids_and_layer_ranges() {
     let path = model_path(MODELS[0].0);
     let path = path.to_str().unwrap();
-    let out = hearth(&["logprobs", "-m", path, "--prompt-tokens", "1,x", "--continuation", "2"]);
+    let out = hearth(&[
+        "logprobs",
+        "-m",
+        path,
+        "--prompt-tokens",
+        "1,x",
+        "--continuation",
+        "2",
+    ]);
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    let out = hearth(&["logprobs", "-m", path, "--prompt-tokens", "1,99999999", "--continuation", "2"]);
+    let out = hearth(&[
+        "logprobs",
+        "-m",
+        path,
+        "--prompt-tokens",
+        "1,99999999",
+        "--continuation",
+        "2",
+    ]);
     expect_clean_error(&out, "outside the vocabulary");
-    let out = hearth(&["run", "-m", path, "--prompt", "hi", "--layers", "0..10,12..30"]);
+    let out = hearth(&[
+        "run",
+        "-m",
+        path,
+        "--prompt",
+        "hi",
+        "--layers",
+        "0..10,12..30",
+    ]);
     expect_clean_error(&out, "layer range");
 }

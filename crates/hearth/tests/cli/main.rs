@@ -52,7 +52,10 @@ pub fn hearth(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args(args)
         // Keep catalog look-ups away from the user's cache.
-        .env("HEARTH_MODELS_DIR", std::env::temp_dir().join("hearth-test-no-models"))
+        .env(
+            "HEARTH_MODELS_DIR",
+            std::env::temp_dir().join("hearth-test-no-models"),
+        )
         .output()
         .expect("the hearth binary runs")
 }

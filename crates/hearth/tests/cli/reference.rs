@@ -19,7 +19,11 @@ const CLEAR_LEAD: f64 = 0.75;
 const FREE_RUNNING_LEAD: f64 = 0.3;
 
 fn generations(reference: &Value) -> Vec<&Value> {
-    let mut all: Vec<&Value> = reference["completions"].as_array().unwrap().iter().collect();
+    let mut all: Vec<&Value> = reference["completions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
     all.extend(reference["chats"].as_array().unwrap());
     all
 }
@@ -56,8 +60,8 @@ fn teacher_forced_logprobs_agree_with_llama_cpp() {
             assert_eq!(steps.len(), ref_steps.len());
             for (i, (ours, theirs)) in steps.iter().zip(ref_steps).enumerate() {
                 assert_eq!(ours["token"], theirs["token"]);
-                let diff = (ours["logprob"].as_f64().unwrap() - theirs["logprob"].as_f64().unwrap())
-                    .abs();
+                let diff =
+                    (ours["logprob"].as_f64().unwrap() - theirs["logprob"].as_f64().unwrap()).abs();
                 assert!(
                     diff <= MAX_ABS_LOGPROB,
                     "{model} step {i} of {:?}: logprob differs by {diff}",
@@ -67,7 +71,8 @@ fn teacher_forced_logprobs_agree_with_llama_cpp() {
                 count += 1;
                 if lead(theirs) >= CLEAR_LEAD {
                     assert_eq!(
-                        ours["top"][0][0], theirs["top"][0][0],
+                        ours["top"][0][0],
+                        theirs["top"][0][0],
                         "{model} step {i}: top-1 differs where llama.cpp led by {}",
                         lead(theirs)
                     );
@@ -101,7 +106,10 @@ fn greedy_generation_follows_llama_cpp_until_a_close_call() {
                 &expected.len().to_string(),
                 "--json",
             ]);
-            assert_eq!(ids(&out["prompt_tokens"]), ids(&completion["prompt_tokens"]));
+            assert_eq!(
+                ids(&out["prompt_tokens"]),
+                ids(&completion["prompt_tokens"])
+            );
             let got = ids(&out["tokens"]);
             let steps = completion["steps"].as_array().unwrap();
             let must_match = steps
@@ -160,7 +168,12 @@ fn tokenize_command_matches_llama_cpp() {
             case["text"].as_str().unwrap(),
             "--json",
         ]);
-        assert_eq!(ids(&out["tokens"]), ids(&case["tokens"]), "{:?}", case["text"]);
+        assert_eq!(
+            ids(&out["tokens"]),
+            ids(&case["tokens"]),
+            "{:?}",
+            case["text"]
+        );
     }
 }
 
@@ -186,7 +199,9 @@ fn peak_memory_stays_within_the_file_plus_kv_cache() {
     ]);
     // 30 layers x (K + V) x 192 values x 2 bytes per position.
     let kv = (context * 30 * 2 * 192 * 2) as f64;
-    let rss = out["peak_rss_bytes"].as_f64().expect("run --json reports peak RSS");
+    let rss = out["peak_rss_bytes"]
+        .as_f64()
+        .expect("run --json reports peak RSS");
     assert!(
         rss <= 1.3 * file_size + kv,
         "peak RSS {rss} exceeds 1.3 x {file_size} + {kv}"
