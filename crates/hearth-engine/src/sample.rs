@@ -269,7 +269,8 @@ mod tests {
             seed: 3,
             ..Default::default()
         });
-        let distinct: std::collections::HashSet<u32> = (0..200).map(|_| s.sample(&logits())).collect();
+        let distinct: std::collections::HashSet<u32> =
+            (0..200).map(|_| s.sample(&logits())).collect();
         assert!(distinct.len() >= 5);
     }
 }

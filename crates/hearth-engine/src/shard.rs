@@ -188,7 +188,11 @@ impl Shard {
         let group = config.n_head / config.n_head_kv;
         let floats = max_batch
             * (3 * config.n_embd + 2 * config.q_dim() + 2 * config.kv_dim() + 2 * config.n_ff)
-            + if last { max_batch * config.vocab_size } else { 0 }
+            + if last {
+                max_batch * config.vocab_size
+            } else {
+                0
+            }
             + threads * (group * context + 64 * 64 + 2 * config.head_dim * group);
         let scratch = 4 * floats as u64 + 2 * max_batch as u64 * config.n_ff as u64;
         let needed = mapped + kv + scratch;
@@ -243,12 +247,20 @@ impl Shard {
             n_head_kv: config.n_head_kv,
             head_dim: config.head_dim,
         };
+        let mut rope = ops::RopeTable::new(
+            config.rope_dims,
+            config.rope_freq_base,
+            config.rope_freq_scale,
+        );
+        if file.tensor("rope_freqs.weight").is_some() {
+            rope = rope.with_freq_factors(load_vector(
+                &file,
+                "rope_freqs.weight",
+                config.rope_dims / 2,
+            )?);
+        }
         Ok(Shard {
-            rope: ops::RopeTable::new(
-                config.rope_dims,
-                config.rope_freq_base,
-                config.rope_freq_scale,
-            ),
+            rope,
             attention_scratch: AttentionScratch::new(threads, shape, context),
             matmul_scratch: MatmulScratch::new(threads),
             acts: Activations::default(),
@@ -317,20 +329,27 @@ impl Shard {
         self.next_sequence += 1;
         self.sequences.insert(
             id,
-            SequenceCache::new(self.layers.len(), self.config.kv_dim(), self.options.context),
+            SequenceCache::new(
+                self.layers.len(),
+                self.config.kv_dim(),
+                self.options.context,
+            ),
         );
         Ok(id)
     }
 
     /// Starts a sequence with a chosen id (used when shards in a chain must agree on ids).
     pub fn insert_sequence(&mut self, id: SequenceId) -> Result<(), EngineError> {
-        if !self.sequences.contains_key(&id) && self.sequences.len() >= self.options.max_sequences
-        {
+        if !self.sequences.contains_key(&id) && self.sequences.len() >= self.options.max_sequences {
             return Err(EngineError::TooManySequences(self.options.max_sequences));
         }
         self.sequences.insert(
             id,
-            SequenceCache::new(self.layers.len(), self.config.kv_dim(), self.options.context),
+            SequenceCache::new(
+                self.layers.len(),
+                self.config.kv_dim(),
+                self.options.context,
+            ),
         );
         self.next_sequence = self.next_sequence.max(id + 1);
         Ok(())
@@ -356,7 +375,8 @@ impl Shard {
 
     /// The logits of the last forward pass (last shard only).
     pub fn last_logits(&self) -> Option<&[f32]> {
-        self.is_last().then(|| &self.buffers.logits[..self.last_logit_len])
+        self.is_last()
+            .then(|| &self.buffers.logits[..self.last_logit_len])
     }
 
     /// Runs the shard's layers over new tokens of sequence `id`, appending them to its cache.
@@ -444,7 +464,11 @@ impl Shard {
         }
         cache.set_len(start + tokens);
         self.sequences.insert(id, cache);
-        self.last_logit_len = if self.is_last() { logit_rows * vocab } else { 0 };
+        self.last_logit_len = if self.is_last() {
+            logit_rows * vocab
+        } else {
+            0
+        };
         Ok(if self.is_last() {
             ShardOutput::Logits(&self.buffers.logits[..logit_rows * vocab])
         } else {
@@ -462,14 +486,24 @@ impl Shard {
         n: usize,
     ) {
         let cfg = &self.config;
-        let (e, qd, kvd, ff, hd) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
+        let (e, qd, kvd, ff, hd) = (
+            cfg.n_embd,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.n_ff,
+            cfg.head_dim,
+        );
         let pos0 = cache.len() + offset;
         let pool = &*self.pool;
         let b = &mut self.buffers;
         let x = &mut grow(&mut b.x, (offset + n) * e)[offset * e..];
         match input {
             ShardInput::Tokens(ids) => {
-                let emb = self.ends.embedding.as_ref().expect("first shard has embeddings");
+                let emb = self
+                    .ends
+                    .embedding
+                    .as_ref()
+                    .expect("first shard has embeddings");
                 for (row, &id) in x.chunks_exact_mut(e).zip(ids) {
                     let src = emb.rows_data(id as usize..id as usize + 1);
                     (emb.kernel.dequantize)(src, row);
@@ -505,12 +539,25 @@ impl Shard {
                 &mut self.matmul_scratch,
                 &self.acts,
                 &mut [
-                    MatmulJob { matrix: &w.wq, out: q },
-                    MatmulJob { matrix: &w.wk, out: k },
-                    MatmulJob { matrix: &w.wv, out: v },
+                    MatmulJob {
+                        matrix: &w.wq,
+                        out: q,
+                    },
+                    MatmulJob {
+                        matrix: &w.wk,
+                        out: k,
+                    },
+                    MatmulJob {
+                        matrix: &w.wv,
+                        out: v,
+                    },
                 ],
             );
-            for (bias, out, width) in [(&w.q_bias, &mut *q, qd), (&w.k_bias, &mut *k, kvd), (&w.v_bias, &mut *v, kvd)] {
+            for (bias, out, width) in [
+                (&w.q_bias, &mut *q, qd),
+                (&w.k_bias, &mut *k, kvd),
+                (&w.v_bias, &mut *v, kvd),
+            ] {
                 if let Some(bias) = bias {
                     for row in out.chunks_exact_mut(width) {
                         ops::add_assign(row, bias);
@@ -521,12 +568,27 @@ impl Shard {
                 self.rope.fill(pos0 + t, cos_sin);
                 // Heads wider than the rotated part keep their tail as is.
                 for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    ops::rope(&mut head[..cfg.rope_dims], cfg.rope_dims, cfg.rope_style, cos_sin);
+                    ops::rope(
+                        &mut head[..cfg.rope_dims],
+                        cfg.rope_dims,
+                        cfg.rope_style,
+                        cos_sin,
+                    );
                 }
                 for head in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    ops::rope(&mut head[..cfg.rope_dims], cfg.rope_dims, cfg.rope_style, cos_sin);
+                    ops::rope(
+                        &mut head[..cfg.rope_dims],
+                        cfg.rope_dims,
+                        cfg.rope_style,
+                        cos_sin,
+                    );
                 }
-                cache.store(local, pos0 + t, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                cache.store(
+                    local,
+                    pos0 + t,
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
             }
             attention(
                 pool,
@@ -543,7 +605,10 @@ impl Shard {
                 pool,
                 &mut self.matmul_scratch,
                 &self.acts,
-                &mut [MatmulJob { matrix: &w.wo, out: proj }],
+                &mut [MatmulJob {
+                    matrix: &w.wo,
+                    out: proj,
+                }],
             );
             ops::add_assign(x, proj);
 
@@ -556,8 +621,14 @@ impl Shard {
                 &mut self.matmul_scratch,
                 &self.acts,
                 &mut [
-                    MatmulJob { matrix: &w.w_gate, out: gate },
-                    MatmulJob { matrix: &w.w_up, out: up },
+                    MatmulJob {
+                        matrix: &w.w_gate,
+                        out: gate,
+                    },
+                    MatmulJob {
+                        matrix: &w.w_up,
+                        out: up,
+                    },
                 ],
             );
             ops::silu_mul(gate, up);
@@ -566,7 +637,10 @@ impl Shard {
                 pool,
                 &mut self.matmul_scratch,
                 &self.acts,
-                &mut [MatmulJob { matrix: &w.w_down, out: proj }],
+                &mut [MatmulJob {
+                    matrix: &w.w_down,
+                    out: proj,
+                }],
             );
             ops::add_assign(x, proj);
         }

@@ -137,7 +137,10 @@ pub fn matmul(
     let row_chunk = row_chunk.next_multiple_of(4);
     let token_chunks = tokens.div_ceil(TOKEN_CHUNK);
     // Units are numbered job-major, then row chunk, then token chunk.
-    assert!(jobs.len() <= MAX_JOBS, "at most {MAX_JOBS} matrices per group");
+    assert!(
+        jobs.len() <= MAX_JOBS,
+        "at most {MAX_JOBS} matrices per group"
+    );
     let mut unit_starts = [usize::MAX; MAX_JOBS + 1];
     let mut outs = [SharedMut(std::ptr::null_mut::<f32>()); MAX_JOBS];
     let mut units = 0;

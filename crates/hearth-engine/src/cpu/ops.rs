@@ -19,6 +19,8 @@ pub struct RopeTable {
     theta_scale: f32,
     freq_scale: f32,
     pairs: usize,
+    /// Per-pair divisors of the angle (Llama 3.1's `rope_freqs`), when the model has them.
+    freq_factors: Option<Vec<f32>>,
 }
 
 impl RopeTable {
@@ -27,14 +29,22 @@ impl RopeTable {
             theta_scale: freq_base.powf(-2.0 / rope_dims as f32),
             freq_scale,
             pairs: rope_dims / 2,
+            freq_factors: None,
         }
+    }
+
+    /// Divides each pair's angle by its factor (`rope_dims / 2` values).
+    pub fn with_freq_factors(mut self, factors: Vec<f32>) -> RopeTable {
+        self.freq_factors = Some(factors);
+        self
     }
 
     /// Fills `cos_sin` with `(cos, sin)` for each pair at `position`.
     pub fn fill(&self, position: usize, cos_sin: &mut [(f32, f32)]) {
         let mut theta = position as f32;
-        for cs in cos_sin.iter_mut().take(self.pairs) {
-            let angle = theta * self.freq_scale;
+        for (i, cs) in cos_sin.iter_mut().take(self.pairs).enumerate() {
+            let factor = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+            let angle = theta / factor * self.freq_scale;
             *cs = (angle.cos(), angle.sin());
             theta *= self.theta_scale;
         }
@@ -132,6 +142,18 @@ mod tests {
             assert!((n0 - n1).abs() < 1e-3 * n0);
             table.fill(0, &mut cs);
         }
+    }
+
+    #[test]
+    fn frequency_factors_divide_the_angle() {
+        let plain = RopeTable::new(4, 10000.0, 1.0);
+        let scaled = RopeTable::new(4, 10000.0, 1.0).with_freq_factors(vec![1.0, 4.0]);
+        let (mut a, mut b) = (vec![(0.0, 0.0); 2], vec![(0.0, 0.0); 2]);
+        plain.fill(8, &mut a);
+        scaled.fill(8, &mut b);
+        assert_eq!(a[0], b[0]);
+        let angle = 8.0f32 * 10000f32.powf(-0.5) / 4.0;
+        assert!((b[1].0 - angle.cos()).abs() < 1e-6 && (b[1].1 - angle.sin()).abs() < 1e-6);
     }
 
     #[test]

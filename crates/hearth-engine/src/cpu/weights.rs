@@ -72,13 +72,12 @@ pub fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, 
             shape,
         });
     }
-    let kernel = weight_kernel(ggml_type, Isa::Scalar).ok_or_else(|| {
-        EngineError::UnsupportedType {
+    let kernel =
+        weight_kernel(ggml_type, Isa::Scalar).ok_or_else(|| EngineError::UnsupportedType {
             tensor: name.to_string(),
             ggml_type,
             supported: "F32, F16".into(),
-        }
-    })?;
+        })?;
     let mut out = vec![0f32; len];
     (kernel.dequantize)(data, &mut out);
     Ok(out)

@@ -28,7 +28,10 @@ impl Isa {
     /// variable (`scalar`, `avx2`, `avx512`) when it is set, for comparing kernels.
     pub fn detect() -> Isa {
         let best = Isa::detect_cpu();
-        match std::env::var("HEARTH_ISA").ok().and_then(|v| Isa::from_name(&v)) {
+        match std::env::var("HEARTH_ISA")
+            .ok()
+            .and_then(|v| Isa::from_name(&v))
+        {
             Some(cap) if cap.rank() < best.rank() => cap,
             _ => best,
         }
