@@ -42,6 +42,7 @@ pub struct Sampler {
     rng: SplitMix64,
     recent: VecDeque<u32>,
     candidates: Vec<(u32, f32)>,
+    probs: Vec<f64>,
 }
 
 impl Sampler {
@@ -50,6 +51,7 @@ impl Sampler {
             rng: SplitMix64(config.seed),
             recent: VecDeque::with_capacity(config.repeat_last_n),
             candidates: Vec::new(),
+            probs: Vec::new(),
             config,
         }
     }
@@ -109,13 +111,15 @@ impl Sampler {
         }
         self.candidates.sort_unstable_by(by_logit);
         let max = self.candidates[0].1;
-        let mut probs: Vec<f64> = self
-            .candidates
-            .iter()
-            .map(|&(_, l)| (((l - max) / c.temperature) as f64).exp())
-            .collect();
+        let probs = &mut self.probs;
+        probs.clear();
+        probs.extend(
+            self.candidates
+                .iter()
+                .map(|&(_, l)| (((l - max) / c.temperature) as f64).exp()),
+        );
         let total: f64 = probs.iter().sum();
-        for p in &mut probs {
+        for p in probs.iter_mut() {
             *p /= total;
         }
         let mut keep = probs.len();
