@@ -185,7 +185,11 @@ impl Shard {
         let n_local = layers.len();
         let kv_per_sequence = SequenceCache::bytes_for(n_local, config.kv_dim(), context);
         let kv = kv_per_sequence * max_sequences as u64;
-        let group = config.n_head / config.n_head_kv;
+        let shape = AttentionShape {
+            n_head: config.n_head,
+            n_head_kv: config.n_head_kv,
+            head_dim: config.head_dim,
+        };
         let floats = max_batch
             * (3 * config.n_embd + 2 * config.q_dim() + 2 * config.kv_dim() + 2 * config.n_ff)
             + if last {
@@ -193,7 +197,8 @@ impl Shard {
             } else {
                 0
             }
-            + threads * (group * context + 64 * 64 + 2 * config.head_dim * group);
+            + threads
+                * (AttentionScratch::floats_per_thread(shape, context) + MatmulScratch::FLOATS);
         let scratch = 4 * floats as u64 + 2 * max_batch as u64 * config.n_ff as u64;
         let needed = mapped + kv + scratch;
         if let Some(limit) = options.memory_limit {
@@ -242,11 +247,6 @@ impl Shard {
             .pool
             .clone()
             .unwrap_or_else(|| Arc::new(ThreadPool::new(threads)));
-        let shape = AttentionShape {
-            n_head: config.n_head,
-            n_head_kv: config.n_head_kv,
-            head_dim: config.head_dim,
-        };
         let mut rope = ops::RopeTable::new(
             config.rope_dims,
             config.rope_freq_base,

@@ -14,7 +14,12 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// Per-thread scratch: scores for a head group over the whole context plus converted rows.
+/// Query tokens one work unit handles: each key and value row converted from f16 serves all of
+/// them (and every head of the group), which is what makes long prompts cheap.
+pub const TOKEN_BLOCK: usize = 16;
+
+/// Per-thread scratch: scores for a block of tokens × a head group over the whole context, the
+/// f16-rounded queries, and one converted cache row.
 pub struct AttentionScratch {
     per_thread: usize,
     buf: Vec<f32>,
@@ -22,12 +27,17 @@ pub struct AttentionScratch {
 
 impl AttentionScratch {
     pub fn new(threads: usize, shape: AttentionShape, capacity: usize) -> AttentionScratch {
-        let group = shape.n_head / shape.n_head_kv;
-        let per_thread = group * capacity + group * shape.head_dim + shape.head_dim;
+        let per_thread = AttentionScratch::floats_per_thread(shape, capacity);
         AttentionScratch {
             per_thread,
             buf: vec![0.0; threads * per_thread],
         }
+    }
+
+    /// Scratch floats one thread needs, for memory budgets.
+    pub fn floats_per_thread(shape: AttentionShape, capacity: usize) -> usize {
+        let lanes = TOKEN_BLOCK * (shape.n_head / shape.n_head_kv);
+        lanes * capacity + lanes * shape.head_dim + shape.head_dim
     }
 }
 
@@ -60,50 +70,73 @@ pub fn attention(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let scratch_ptr = SharedMut(scratch.buf.as_mut_ptr());
     let per_thread = scratch.per_thread;
-    let counter = ChunkCounter::new(tokens * n_head_kv, 1);
+    let blocks = tokens.div_ceil(TOKEN_BLOCK);
+    let counter = ChunkCounter::new(blocks * n_head_kv, 1);
     pool.run(&|thread, _| {
         // SAFETY: each thread uses only its own scratch slice.
         let mine = unsafe {
             std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(thread * per_thread), per_thread)
         };
-        let (scores_all, rest) = mine.split_at_mut(per_thread - group * head_dim - head_dim);
-        let (q_rounded, row) = rest.split_at_mut(group * head_dim);
+        let lanes_max = TOKEN_BLOCK * group;
+        let (scores_all, rest) = mine.split_at_mut(per_thread - lanes_max * head_dim - head_dim);
+        let (q_rounded, row) = rest.split_at_mut(lanes_max * head_dim);
         while let Some(range) = counter.next_chunk() {
-            let unit = range.start;
-            let (t, kvh) = (unit / n_head_kv, unit % n_head_kv);
-            let n_ctx = start + t + 1;
-            let scores = &mut scores_all[..group * n_ctx];
+            let (block, kvh) = (range.start / n_head_kv, range.start % n_head_kv);
+            let t0 = block * TOKEN_BLOCK;
+            let t1 = (t0 + TOKEN_BLOCK).min(tokens);
+            // Lane `(t - t0) * group + g` is query head `kvh * group + g` of token `t`; its row
+            // of scores spans the positions the block's last token sees.
+            let span = start + t1;
+            let lanes = (t1 - t0) * group;
             // Queries are rounded to f16 as llama.cpp does before its f16 K·Q product.
-            for g in 0..group {
-                let h = kvh * group + g;
-                let src = &q[t * q_dim + h * head_dim..][..head_dim];
-                for (d, &s) in q_rounded[g * head_dim..][..head_dim].iter_mut().zip(src) {
-                    *d = f16::from_f32(s).to_f32();
+            for t in t0..t1 {
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    let src = &q[t * q_dim + h * head_dim..][..head_dim];
+                    let lane = (t - t0) * group + g;
+                    for (d, &s) in q_rounded[lane * head_dim..][..head_dim].iter_mut().zip(src) {
+                        *d = f16::from_f32(s).to_f32();
+                    }
                 }
             }
-            for j in 0..n_ctx {
+            let scores = &mut scores_all[..lanes * span];
+            for j in 0..span {
                 keys[j * kv_dim + kvh * head_dim..][..head_dim].convert_to_f32_slice(row);
-                for g in 0..group {
-                    let qg = &q_rounded[g * head_dim..][..head_dim];
-                    scores[g * n_ctx + j] = dot(qg, row) * scale;
+                // Token t sees positions up to start + t: skip the lanes j is in the future of.
+                let first = j.saturating_sub(start).max(t0) - t0;
+                for lane in first * group..lanes {
+                    let qg = &q_rounded[lane * head_dim..][..head_dim];
+                    scores[lane * span + j] = dot(qg, row) * scale;
                 }
             }
-            for g in 0..group {
-                super::ops::softmax(&mut scores[g * n_ctx..][..n_ctx]);
+            for lane in 0..lanes {
+                let seen = start + t0 + lane / group + 1;
+                super::ops::softmax(&mut scores[lane * span..][..seen]);
             }
-            // SAFETY: (token, head group) output ranges are disjoint between units.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out_ptr.ptr().add(t * q_dim + kvh * group * head_dim),
-                    group * head_dim,
-                )
-            };
-            dst.fill(0.0);
-            for j in 0..n_ctx {
+            for t in t0..t1 {
+                // SAFETY: (token, head group) output ranges are disjoint between units.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out_ptr.ptr().add(t * q_dim + kvh * group * head_dim),
+                        group * head_dim,
+                    )
+                };
+                dst.fill(0.0);
+            }
+            for j in 0..span {
                 values[j * kv_dim + kvh * head_dim..][..head_dim].convert_to_f32_slice(row);
-                for g in 0..group {
-                    let p = scores[g * n_ctx + j];
-                    for (o, &v) in dst[g * head_dim..][..head_dim].iter_mut().zip(row.iter()) {
+                let first = j.saturating_sub(start).max(t0) - t0;
+                for lane in first * group..lanes {
+                    let (t, g) = (t0 + lane / group, lane % group);
+                    let p = scores[lane * span + j];
+                    // SAFETY: as above; this unit owns token t's head group outputs.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.ptr().add(t * q_dim + (kvh * group + g) * head_dim),
+                            head_dim,
+                        )
+                    };
+                    for (o, &v) in dst.iter_mut().zip(row.iter()) {
                         *o += p * v;
                     }
                 }

@@ -112,6 +112,9 @@ pub struct MatmulScratch {
 }
 
 impl MatmulScratch {
+    /// Floats of scratch per thread.
+    pub const FLOATS: usize = UNIT_SCRATCH;
+
     pub fn new(threads: usize) -> MatmulScratch {
         MatmulScratch {
             buf: vec![0.0; threads * UNIT_SCRATCH],
