@@ -47,9 +47,16 @@ impl Activations {
         let tokens = x.len() / cols;
         self.tokens = tokens;
         self.cols = cols;
-        for m in matrices {
+        for (i, m) in matrices.iter().enumerate() {
             let kernel = m.kernel;
             let ty = kernel.activation;
+            // Matrices that share an activation format share one quantized copy.
+            if matrices[..i]
+                .iter()
+                .any(|other| other.kernel.activation == ty)
+            {
+                continue;
+            }
             let row_bytes = ty.row_bytes(cols as u64).unwrap_or(0) as usize;
             let index = match self.buffers.iter().position(|(t, _)| *t == ty) {
                 Some(i) => i,
@@ -58,13 +65,6 @@ impl Activations {
                     self.buffers.len() - 1
                 }
             };
-            if matrices
-                .iter()
-                .take_while(|other| !std::ptr::eq(**other, *m))
-                .any(|other| other.kernel.activation == ty)
-            {
-                continue;
-            }
             let buf = &mut self.buffers[index].1;
             if buf.len() < tokens * row_bytes {
                 buf.resize(tokens * row_bytes, 0);
