@@ -34,3 +34,51 @@ impl ModelProfile {
         2 * self.n_kv_heads as u64 * self.head_dim as u64 * 2
     }
 }
+
+impl ModelProfile {
+    /// Checks the sizes the cost model divides and sums by.
+    pub fn validate(&self) -> Result<(), crate::error::ProfileError> {
+        let bad = |field: &'static str, problem: String| crate::error::ProfileError::Invalid {
+            model: self.name.clone(),
+            field,
+            problem,
+        };
+        if self.layer_bytes.is_empty() {
+            return Err(bad(
+                "layer_bytes",
+                "is empty: the model has no layers".into(),
+            ));
+        }
+        if self.layer_params.len() != self.layer_bytes.len() {
+            return Err(bad(
+                "layer_params",
+                format!(
+                    "has {} entries but layer_bytes has {}",
+                    self.layer_params.len(),
+                    self.layer_bytes.len()
+                ),
+            ));
+        }
+        if self.layer_bytes.len() > u16::MAX as usize {
+            return Err(bad("layer_bytes", "has more than 65535 layers".into()));
+        }
+        if let Some(i) = self.layer_bytes.iter().position(|&b| b == 0) {
+            return Err(bad("layer_bytes", format!("[{i}] is 0")));
+        }
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "is 0".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of all weights, the embedding counted once.
+    pub fn total_bytes(&self) -> u64 {
+        self.layer_bytes.iter().sum::<u64>() + self.embedding_bytes + self.head_bytes
+    }
+}

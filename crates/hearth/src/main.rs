@@ -24,6 +24,8 @@ enum Command {
     Logprobs(cli::logprobs::LogprobsArgs),
     /// Measure prompt-processing and generation speed.
     Bench(cli::bench::BenchArgs),
+    /// Plan which device runs which layers of a model on a fleet.
+    Place(cli::place::PlaceArgs),
     /// Download and list models.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Logprobs(args) => cli::logprobs::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Place(args) => cli::place::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
