@@ -422,20 +422,50 @@ fn unused_reason(
         .iter()
         .map(|s| fleet.devices()[s.device].read_rate())
         .fold(f64::INFINITY, f64::min);
+    let gbs = |r: f64| r / 1e9;
     if dev.read_rate() <= slowest {
+        return format!(
+            "slower ({:.0} GB/s effective) than every stage (slowest {:.0} GB/s); the model fits without it",
+            gbs(dev.read_rate()),
+            gbs(slowest)
+        );
+    }
+    // Faster than some stage yet left out: its hops would cost more than its speed saves.
+    // Name its cheapest hop to a stage, the figure every plan with it pays at least twice.
+    let hidden = cost::hidden_bytes(m, act, 1);
+    let cheapest_hop_ms = linked
+        .iter()
+        .filter_map(|&i| fleet.link(d, specs[i].device))
+        .map(|l| l.transfer_s(hidden) * 1e3)
+        .fold(f64::INFINITY, f64::min);
+    let why = format!(
+        "as one more stage its hops (cheapest to a stage {cheapest_hop_ms:.2} ms) cost more than its {:.0} GB/s effective saves over the slowest stage ({:.0} GB/s)",
+        gbs(dev.read_rate()),
+        gbs(slowest)
+    );
+    if whole > dev.memory_bytes() {
         format!(
-            "slower ({:.0} GB/s effective) than every stage; the model fits without it",
-            dev.read_rate() / 1e9
-        )
-    } else if whole > dev.memory_bytes() {
-        format!(
-            "needs {}, has {} to run the model alone; as one more stage its hops cost more than it saves",
+            "needs {}, has {} to run the model alone; {why}",
             gib(whole),
             gib(dev.memory_bytes())
         )
     } else {
-        "its links make every plan with it slower".into()
+        let (alone, planned) = alone_vs_plan_ms(fleet, m, specs, d);
+        format!(
+            "holds the model alone ({} of {}) but decodes in {alone:.2} ms against the plan's {planned:.2} ms; {why}",
+            gib(whole),
+            gib(dev.memory_bytes())
+        )
     }
+}
+
+/// Decode milliseconds per token of the device alone (whole model at its rate, no hops) and
+/// of the plan.
+fn alone_vs_plan_ms(fleet: &Fleet, m: &ModelProfile, specs: &[StageSpec], d: usize) -> (f64, f64) {
+    let alone = (cost::layer_bytes(m, 0, m.n_layers()) + cost::head_read_bytes(m)) as f64
+        / fleet.devices()[d].read_rate();
+    let planned = cost::predict(fleet, m, specs).map_or(f64::INFINITY, |p| p.decode_s);
+    (alone * 1e3, planned * 1e3)
 }
 
 /// Why no chain exists although memory suffices: report the best-connected group.

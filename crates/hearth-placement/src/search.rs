@@ -198,6 +198,23 @@ struct Solver<'p, 'a> {
     by_capacity: Vec<u32>,
     /// Quickest forward hop anywhere.
     min_hop: f64,
+    /// Per unit: the most weight bytes it can read per token, from its memory (`ρ × memory`
+    /// with `ρ` the largest share of a layer's memory that is weights, plus the head's slack).
+    read_cap: Vec<f64>,
+    /// Per unit: seconds per byte it reads, plus its cheapest incoming hop spread over its
+    /// read capacity. Every stage after the first pays a hop into it, so this prices a byte
+    /// with its share of that fixed cost (the linear relaxation of the fixed charge).
+    charge_hop: Vec<f64>,
+    /// The same with the cheapest hop or ring hop into the unit: at the root any stage may be
+    /// the first, which is entered by the ring hop.
+    charge_any: Vec<f64>,
+    /// `walk[k][d * n + f]` (up to [`WALK_UNITS`] units): the cheapest walk from `d` through
+    /// at least `k` further stages and the ring hop into `f`, revisits allowed. The remaining
+    /// hops of a plan are such a walk, with `k` at least the stages its memory needs.
+    walk: Vec<Vec<f64>>,
+    /// Units by `charge_hop` / `charge_any`, cheapest first.
+    by_charge_hop: Vec<u32>,
+    by_charge_any: Vec<u32>,
     /// The next lower unit interchangeable with this one (same figures, same hops to every
     /// other unit). Plans use twins in index order, which loses no cost.
     prev_twin: Vec<Option<u32>>,
@@ -262,11 +279,56 @@ impl<'p, 'a> Solver<'p, 'a> {
         });
         let min_hop = p.hop.iter().copied().fold(f64::INFINITY, f64::min);
         let prev_twin = twins(p, &masks);
+        let head_read = cost::head_read_bytes(m);
+        // A stage's layer bytes are at most `rho` of their memory, and the head (held in full,
+        // read in full) adds at most `(1 - rho) * head` beyond `rho * memory`. The margin keeps
+        // rounding from ever making the capacity smaller than a real stage's reads.
+        let rho = (0..n_layers)
+            .map(|l| m.layer_bytes[l] as f64 / (m.layer_bytes[l] + kv) as f64)
+            .fold(0.0f64, f64::max);
+        let read_cap: Vec<f64> = p
+            .units
+            .iter()
+            .map(|u| (rho * u.capacity as f64 + (1.0 - rho) * head_read as f64) * (1.0 + 1e-9))
+            .collect();
+        let charge = |into: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+            (0..n)
+                .map(|u| {
+                    let entry = (0..n)
+                        .filter(|&v| v != u)
+                        .map(|v| into(v, u))
+                        .fold(f64::INFINITY, f64::min);
+                    if read_cap[u] > 0.0 {
+                        1.0 / p.units[u].read_rate + entry / read_cap[u]
+                    } else {
+                        f64::INFINITY
+                    }
+                })
+                .collect()
+        };
+        let charge_hop = charge(&|v, u| p.hop[v * n + u]);
+        let charge_any = charge(&|v, u| p.hop[v * n + u].min(p.ring[v * n + u]));
+        let order = |c: &[f64]| -> Vec<u32> {
+            let mut o: Vec<u32> = (0..n as u32)
+                .filter(|&u| c[u as usize].is_finite())
+                .collect();
+            o.sort_by(|&a, &b| c[a as usize].total_cmp(&c[b as usize]).then(a.cmp(&b)));
+            o
+        };
+        let walk = walks(p);
+        let by_charge_hop = order(&charge_hop);
+        let by_charge_any = order(&charge_any);
         Solver {
             p,
             n_layers,
             by_capacity,
             min_hop,
+            read_cap,
+            charge_hop,
+            charge_any,
+            by_charge_hop,
+            by_charge_any,
+            walk,
             prev_twin,
             pre_bytes,
             pre_mem,
@@ -353,10 +415,72 @@ impl<'p, 'a> Solver<'p, 'a> {
             if held < need_mem {
                 return None;
             }
-            lb.sum += fwd + ring + more.saturating_sub(1) as f64 * self.min_hop;
+            let walk = self
+                .walk
+                .get(more.min(self.walk.len().saturating_sub(1)))
+                .map_or(0.0, |w| w[d * n + f]);
+            lb.sum += (fwd + ring + more.saturating_sub(1) as f64 * self.min_hop).max(walk);
             lb.max = lb.max.max(fwd).max(ring);
+            // The forward hops are in the fixed charge (each further stage is entered by
+            // one); the ring hop back to `f` is not.
+            lb.sum = lb.sum.max(self.fixed_charge(c, used, false)? + ring);
         }
         Some(lb)
+    }
+
+    /// Linear relaxation of "each further stage reads its bytes and pays a hop into it":
+    /// the remaining read bytes go to unused units cheapest per byte first, where a byte costs
+    /// its read time plus its share of the unit's cheapest entry hop. `None`: the unused
+    /// units cannot read that much.
+    fn fixed_charge(&self, c: usize, used: &Mask, root: bool) -> Option<f64> {
+        let (order, charge) = if root {
+            (&self.by_charge_any, &self.charge_any)
+        } else {
+            (&self.by_charge_hop, &self.charge_hop)
+        };
+        let mut need = (self.pre_bytes[self.n_layers] - self.pre_bytes[c] + self.head_read) as f64;
+        let mut sum = 0.0;
+        for &u in order {
+            if need <= 0.0 {
+                break;
+            }
+            let u = u as usize;
+            if overlaps(&self.masks[u], used) {
+                continue;
+            }
+            let take = need.min(self.read_cap[u]);
+            sum += take * charge[u];
+            need -= take;
+        }
+        (need <= 0.0).then_some(sum)
+    }
+
+    /// Lower bound on every plan, for the gap of a search that stops early: the single-stage
+    /// plans exactly, and for plans of two or more stages, in which every stage is entered by
+    /// a hop or the ring hop, the better of the fluid bound and the fixed-charge relaxation.
+    fn root_bound(&self) -> Option<Cost> {
+        let fluid = self.bound(None, None, 0, &[0; 4])?;
+        let o = self.p.objective;
+        let mut single = Cost::INFINITE;
+        for u in 0..self.p.units.len() {
+            if self.stage_mem(0, self.n_layers, true, true) <= self.p.units[u].capacity {
+                let t = Cost::ZERO.add(self.stage_time(u, 0, self.n_layers, true));
+                if better(t, single, o) {
+                    single = t;
+                }
+            }
+        }
+        let multi = self
+            .fixed_charge(0, &[0; 4], true)
+            .map_or(Cost::INFINITE, |fc| Cost {
+                sum: fluid.sum.max(fc),
+                max: fluid.max,
+            });
+        Some(if better(single, multi, o) {
+            single
+        } else {
+            multi
+        })
     }
 
     fn tick(&mut self) -> bool {
@@ -501,6 +625,63 @@ impl<'p, 'a> Solver<'p, 'a> {
     }
 }
 
+/// Units up to which the walk table is kept (its cost grows as the fourth power).
+const WALK_UNITS: usize = 48;
+
+/// `out[k][d * n + f]`: the cheapest `d` → e1 → … → ek, then ring ek → `f`, over any `j ≥ k`
+/// stages; `out[0]` is all zeros. Empty beyond [`WALK_UNITS`] units.
+fn walks(p: &Problem) -> Vec<Vec<f64>> {
+    let n = p.units.len();
+    if !(2..=WALK_UNITS).contains(&n) {
+        return Vec::new();
+    }
+    let mut exact = vec![vec![0.0; n * n]];
+    let mut w = vec![f64::INFINITY; n * n];
+    for d in 0..n {
+        for e in 0..n {
+            let h = p.hop[d * n + e];
+            if !h.is_finite() {
+                continue;
+            }
+            for f in 0..n {
+                let t = h + p.ring[e * n + f];
+                if t < w[d * n + f] {
+                    w[d * n + f] = t;
+                }
+            }
+        }
+    }
+    exact.push(w);
+    for _ in 2..n {
+        let prev = exact.last().expect("level 1 exists");
+        let mut w = vec![f64::INFINITY; n * n];
+        for d in 0..n {
+            for e in 0..n {
+                let h = p.hop[d * n + e];
+                if !h.is_finite() {
+                    continue;
+                }
+                for f in 0..n {
+                    let t = h + prev[e * n + f];
+                    if t < w[d * n + f] {
+                        w[d * n + f] = t;
+                    }
+                }
+            }
+        }
+        exact.push(w);
+    }
+    // A plan may use more stages than its memory needs, so level k takes the best of all
+    // deeper levels too.
+    for k in (1..exact.len() - 1).rev() {
+        let (lo, hi) = exact.split_at_mut(k + 1);
+        for (a, b) in lo[k].iter_mut().zip(&hi[0]) {
+            *a = a.min(*b);
+        }
+    }
+    exact
+}
+
 /// For each unit, the closest lower-index unit it can be swapped with in any plan without
 /// changing the plan's cost or feasibility.
 fn twins(p: &Problem, masks: &[Mask]) -> Vec<Option<u32>> {
@@ -539,7 +720,7 @@ fn twins(p: &Problem, masks: &[Mask]) -> Vec<Option<u32>> {
 /// Searches for the best plan better than `incumbent` (pass [`Cost::INFINITE`] for none).
 pub fn search(p: &Problem, budget: Budget, incumbent: Cost) -> Outcome {
     let mut s = Solver::new(p, budget, incumbent);
-    let root_bound = s.bound(None, None, 0, &[0; 4]).unwrap_or(Cost::INFINITE);
+    let root_bound = s.root_bound().unwrap_or(Cost::INFINITE);
     if root_bound.sum.is_finite() {
         s.run();
     }

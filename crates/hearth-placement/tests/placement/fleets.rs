@@ -61,6 +61,8 @@ fn every_fleet_beats_both_baselines() {
         let stages = stages_of(&got);
         check(&f, &m, &p, &stages).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(got.optimal, "{}", path.display());
+        assert_eq!(got.stages.len() + got.unused.len(), f.len());
+        crate::properties::assert_specific_reasons(&got, &path.display().to_string());
         let mine = got.prediction.decode_tok_s();
         let mem = speed(&baseline(&f, &m, &p, Baseline::MemoryProportional));
         let tfl = speed(&baseline(&f, &m, &p, Baseline::TflopsProportional));

@@ -152,3 +152,48 @@ fn one_device_groups_are_priced_like_pipeline_stages() {
         assert!(close(a.decode_s, b.decode_s) && close(a.prefill_s, b.prefill_s));
     }
 }
+
+/// Reasons the report gives, by their opening words: each names a specific cause.
+const REASONS: [&str; 9] = [
+    "on battery",
+    "thermal headroom ",
+    "backend ",
+    "computes in neither",
+    "needs ",
+    "lists no ",
+    "no link to ",
+    "slower (",
+    "holds the model alone",
+];
+
+pub fn assert_specific_reasons(got: &hearth_placement::Plan, what: &str) {
+    for u in &got.unused {
+        assert!(
+            REASONS.iter().any(|r| u.reason.starts_with(r)),
+            "{what}: {}: {:?}",
+            u.device,
+            u.reason
+        );
+        if u.reason.starts_with("needs ") {
+            assert_eq!(u.reason.matches("GiB").count(), 2, "{what}: {:?}", u.reason);
+        }
+    }
+}
+
+#[test]
+fn every_unused_device_has_a_specific_reason() {
+    let mut seen = 0;
+    for seed in 4000..4300u64 {
+        let mut rng = Rng::new(seed);
+        let m = random_model(&mut rng, 32);
+        let n = 2 + rng.below(10) as usize;
+        let fast = rng.chance(0.5);
+        let f = random_fleet(&mut rng, n, &m, fast);
+        let p = random_policy(&mut rng);
+        let Ok(got) = plan(&f, &m, &p) else { continue };
+        assert_eq!(got.stages.len() + got.unused.len(), f.len(), "seed {seed}");
+        seen += got.unused.len();
+        assert_specific_reasons(&got, &format!("seed {seed}"));
+    }
+    assert!(seen > 100, "only {seen} unused devices");
+}

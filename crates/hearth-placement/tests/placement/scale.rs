@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A home-to-small-lab fleet: a mix of GPUs, Macs and CPU boxes with realistic figures, links
 /// on one switch (with some Wi-Fi members), some pairs missing.
-fn fleet(rng: &mut Rng, n: usize) -> Fleet {
+pub fn fleet(rng: &mut Rng, n: usize) -> Fleet {
     let kinds = [
         (Backend::Cuda, 22.0, 1000.0, 80.0),
         (Backend::Cuda, 10.0, 700.0, 30.0),
@@ -95,4 +95,30 @@ fn scale() {
             );
         }
     }
+}
+
+/// Sixteen-device fleets, solved exactly within the default node budget: the flag and the
+/// node count are machine-independent, unlike the time. Ignored while it fails: about half of
+/// these fleets (Wi-Fi members among the fastest devices) still exhaust the node budget.
+#[test]
+#[ignore = "open: about half of random 16-device fleets exhaust the node budget"]
+fn random_sixteen_device_fleets_are_solved_exactly() {
+    let m70 = catalog_profile("llama-3.1-70b-q4_k_m").unwrap();
+    let p = Policy {
+        tensor_parallel: false,
+        ..Policy::default()
+    };
+    let mut unsolved = Vec::new();
+    for seed in 100..120u64 {
+        let mut rng = Rng::new(seed);
+        let f = fleet(&mut rng, 16);
+        let got = plan(&f, &m70, &p).expect("a plan");
+        check(&f, &m70, &p, &stages_of(&got)).unwrap();
+        assert!(got.nodes <= p.work_limit(), "seed {seed}");
+        if !got.optimal {
+            unsolved.push((seed, got.nodes, got.gap()));
+        }
+    }
+    println!("unsolved: {unsolved:?}");
+    assert!(unsolved.is_empty(), "not proven optimal: {unsolved:?}");
 }
