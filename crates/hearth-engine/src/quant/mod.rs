@@ -21,18 +21,22 @@ pub enum Isa {
     Avx2,
     /// x86-64 with AVX-512 F/BW/VL on top of AVX2.
     Avx512,
+    /// aarch64 with NEON (always present there); the integer kernels use `sdot` where the CPU
+    /// has the dot-product extension and widening multiplies where it does not.
+    Neon,
 }
 
 impl Isa {
     /// The best instruction set this CPU supports, capped by the `HEARTH_ISA` environment
-    /// variable (`scalar`, `avx2`, `avx512`) when it is set, for comparing kernels.
+    /// variable (`scalar`, `avx2`, `avx512`, `neon`) when it is set, for comparing kernels.
+    /// A cap naming another architecture's instruction set is ignored.
     pub fn detect() -> Isa {
         let best = Isa::detect_cpu();
         match std::env::var("HEARTH_ISA")
             .ok()
             .and_then(|v| Isa::from_name(&v))
         {
-            Some(cap) if cap.rank() < best.rank() => cap,
+            Some(cap) if cap.rank() < best.rank() && Isa::available().contains(&cap) => cap,
             _ => best,
         }
     }
@@ -42,6 +46,7 @@ impl Isa {
             "scalar" => Some(Isa::Scalar),
             "avx2" => Some(Isa::Avx2),
             "avx512" => Some(Isa::Avx512),
+            "neon" => Some(Isa::Neon),
             _ => None,
         }
     }
@@ -51,6 +56,7 @@ impl Isa {
             Isa::Scalar => 0,
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
+            Isa::Neon => 1,
         }
     }
 
@@ -70,6 +76,10 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        // NEON is part of the aarch64 base architecture, so every aarch64 CPU gets it.
+        if cfg!(target_arch = "aarch64") {
+            return Isa::Neon;
+        }
         Isa::Scalar
     }
 
@@ -80,6 +90,7 @@ impl Isa {
             Isa::Scalar => {}
             Isa::Avx2 => isas.push(Isa::Avx2),
             Isa::Avx512 => isas.extend([Isa::Avx2, Isa::Avx512]),
+            Isa::Neon => isas.push(Isa::Neon),
         }
         isas
     }
@@ -89,6 +100,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 }

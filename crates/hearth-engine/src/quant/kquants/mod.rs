@@ -17,6 +17,8 @@ mod scalar;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;
@@ -25,8 +27,8 @@ use blocks::{Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, Q8K_BYTES, QK};
 
 /// The kernels for k-quant weights of type `t`, or `None` for other types.
 ///
-/// The returned SIMD kernels execute AVX2/AVX-512 instructions without checking for them: `isa`
-/// must be one that [`Isa::detect`] allowed on this CPU (any of [`Isa::available`]).
+/// The returned SIMD kernels execute AVX2/AVX-512/NEON instructions without checking for them:
+/// `isa` must be one that [`Isa::detect`] allowed on this CPU (any of [`Isa::available`]).
 pub(super) fn weight_kernel(t: GgmlType, isa: Isa) -> Option<WeightKernel> {
     let matmul: super::MatmulFn = match (t, isa) {
         #[cfg(target_arch = "x86_64")]
@@ -41,6 +43,8 @@ pub(super) fn weight_kernel(t: GgmlType, isa: Isa) -> Option<WeightKernel> {
         (GgmlType::Q5_K, Isa::Avx2) => matmul_q5k_avx2,
         #[cfg(target_arch = "x86_64")]
         (GgmlType::Q6_K, Isa::Avx2) => matmul_q6k_avx2,
+        #[cfg(target_arch = "aarch64")]
+        (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, Isa::Neon) => neon_matmul(t),
         (GgmlType::Q4_K, _) => matmul_q4k_scalar,
         (GgmlType::Q5_K, _) => matmul_q5k_scalar,
         (GgmlType::Q6_K, _) => matmul_q6k_scalar,
@@ -116,7 +120,7 @@ fn check_matmul(
 /// `w` must be valid for reading one weight row (`nb` blocks), `act` for `nt` activation rows
 /// `act_stride` bytes apart (each `nb` Q8_K blocks), and `out` for writing `nt` values; the CPU
 /// must support the kernel's instruction set.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type TileFn =
     unsafe fn(nb: usize, w: *const u8, act: *const u8, act_stride: usize, nt: usize, out: *mut f32);
 
@@ -125,14 +129,14 @@ type TileFn =
 /// Within a chunk of rows, a 4-token tile of activations (18 KB at n = 4096) stays in L1 while
 /// each row's weights are unpacked once for the four tokens; the chunk's weights are then
 /// re-read from L2 for the next tile rather than from memory.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const ROW_CHUNK_BYTES: usize = 192 * 1024;
 
 /// Tiles a matmul into 1-row x (up to) 4-token micro-kernel calls.
 ///
 /// # Safety
 /// The CPU must support the instruction set `tile` was compiled for.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiled(
     tile: TileFn,
@@ -172,7 +176,10 @@ unsafe fn tiled(
 
 macro_rules! simd_matmul {
     ($name:ident, $tile:path, $block_bytes:expr) => {
-        #[cfg(target_arch = "x86_64")]
+        simd_matmul!("x86_64", $name, $tile, $block_bytes);
+    };
+    ($arch:literal, $name:ident, $tile:path, $block_bytes:expr) => {
+        #[cfg(target_arch = $arch)]
         fn $name(n: usize, w: &[u8], rows: usize, act: &[u8], tokens: usize, out: &mut [f32]) {
             // SAFETY: `weight_kernel` hands this out only for an instruction set the caller
             // got from `Isa::detect`; `tiled` checks every slice length before reading.
@@ -187,6 +194,41 @@ simd_matmul!(matmul_q6k_avx2, avx2::q6k, Q6K_BYTES);
 simd_matmul!(matmul_q4k_avx512, avx512::q4k, Q4K_BYTES);
 simd_matmul!(matmul_q5k_avx512, avx512::q5k, Q5K_BYTES);
 simd_matmul!(matmul_q6k_avx512, avx512::q6k, Q6K_BYTES);
+simd_matmul!("aarch64", matmul_q4k_neon_dot, neon::dot::q4k, Q4K_BYTES);
+simd_matmul!("aarch64", matmul_q5k_neon_dot, neon::dot::q5k, Q5K_BYTES);
+simd_matmul!("aarch64", matmul_q6k_neon_dot, neon::dot::q6k, Q6K_BYTES);
+simd_matmul!(
+    "aarch64",
+    matmul_q4k_neon_plain,
+    neon::plain::q4k,
+    Q4K_BYTES
+);
+simd_matmul!(
+    "aarch64",
+    matmul_q5k_neon_plain,
+    neon::plain::q5k,
+    Q5K_BYTES
+);
+simd_matmul!(
+    "aarch64",
+    matmul_q6k_neon_plain,
+    neon::plain::q6k,
+    Q6K_BYTES
+);
+
+/// The NEON kernels for `t`: the build with `sdot` where the CPU has the dot-product extension.
+#[cfg(target_arch = "aarch64")]
+fn neon_matmul(t: GgmlType) -> super::MatmulFn {
+    let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+    match (t, dot) {
+        (GgmlType::Q4_K, true) => matmul_q4k_neon_dot,
+        (GgmlType::Q5_K, true) => matmul_q5k_neon_dot,
+        (GgmlType::Q6_K, true) => matmul_q6k_neon_dot,
+        (GgmlType::Q4_K, false) => matmul_q4k_neon_plain,
+        (GgmlType::Q5_K, false) => matmul_q5k_neon_plain,
+        _ => matmul_q6k_neon_plain,
+    }
+}
 
 fn matmul_q4k_scalar(n: usize, w: &[u8], rows: usize, act: &[u8], tokens: usize, out: &mut [f32]) {
     scalar::matmul(scalar::dot_q4k, Q4K_BYTES, n, w, rows, act, tokens, out)

@@ -20,6 +20,8 @@ mod simd;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon;
 
 #[cfg(test)]
 mod tests;
@@ -89,6 +91,10 @@ fn matmul_fn(t: GgmlType, isa: Isa) -> Option<MatmulFn> {
             return avx2_matmul(t);
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return neon_matmul(t);
+    }
     let _ = isa;
     scalar_matmul(t)
 }
@@ -125,6 +131,29 @@ fn avx512_matmul(t: GgmlType) -> Option<MatmulFn> {
         G::Q5_1 => avx512::matmul_q5_1,
         G::Q8_0 => avx512::matmul_q8_0,
         _ => return avx2_matmul(t),
+    })
+}
+
+#[cfg(target_arch = "aarch64")]
+fn neon_matmul(t: GgmlType) -> Option<MatmulFn> {
+    use GgmlType as G;
+    // The integer kernels come in a build with `sdot` and one for CPUs without it.
+    let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+    Some(match (t, dot) {
+        (G::F32, _) => neon::matmul_f32,
+        (G::F16, _) => neon::matmul_f16,
+        (G::BF16, _) => neon::matmul_bf16,
+        (G::Q4_0, true) => neon::dot::matmul_q4_0,
+        (G::Q4_1, true) => neon::dot::matmul_q4_1,
+        (G::Q5_0, true) => neon::dot::matmul_q5_0,
+        (G::Q5_1, true) => neon::dot::matmul_q5_1,
+        (G::Q8_0, true) => neon::dot::matmul_q8_0,
+        (G::Q4_0, false) => neon::plain::matmul_q4_0,
+        (G::Q4_1, false) => neon::plain::matmul_q4_1,
+        (G::Q5_0, false) => neon::plain::matmul_q5_0,
+        (G::Q5_1, false) => neon::plain::matmul_q5_1,
+        (G::Q8_0, false) => neon::plain::matmul_q8_0,
+        _ => return None,
     })
 }
 
