@@ -42,7 +42,7 @@ pub struct Plan {
     pub solve_time: Duration,
     /// The search was exhaustive: no plan is better under the objective.
     pub optimal: bool,
-    /// Search nodes expanded (the deterministic work measure).
+    /// Search work done: nodes, sets, DP cells (the deterministic work measure).
     pub nodes: u64,
     /// Lower bound on the objective's figure (seconds): the plan's own when optimal.
     pub lower_bound_s: f64,

@@ -1,7 +1,11 @@
-//! Exact search for the best pipeline: depth-first branch-and-bound over (next unit, its layer
-//! range), with memoised dominance on (first unit, last unit, layers covered, units used) and
-//! an admissible fluid lower bound. Stops at a node budget (deterministic) or a wall-clock
-//! deadline, whichever comes first, and says whether it finished.
+//! Exact search for the best pipeline. For the latency objective over up to 18
+//! single devices: device sets in increasing order of an admissible bound (read time plus the
+//! cheapest entry into each stage), each solved over its cyclic orders (exact remaining hops
+//! by Held–Karp) and a DP over split points. Otherwise: depth-first branch-and-bound over (next
+//! unit, its layer range), with memoised dominance on (first unit, last unit, layers covered,
+//! units used) and an admissible fluid lower bound. Both stop at a work budget
+//! (deterministic) or a wall-clock deadline, whichever comes first, and say whether they
+//! finished.
 
 use crate::cost;
 use crate::model::ModelProfile;
@@ -188,6 +192,8 @@ struct Solver<'p, 'a> {
     pre_bytes: Vec<u64>,
     pre_mem: Vec<u64>,
     head_read: u64,
+    /// Bytes of the smallest layer: what any stage reads at least.
+    min_layer: f64,
     masks: Vec<Mask>,
     /// Per unit: linked units, fastest first (the branching order).
     by_rate: Vec<Vec<u32>>,
@@ -333,6 +339,7 @@ impl<'p, 'a> Solver<'p, 'a> {
             pre_bytes,
             pre_mem,
             head_read: cost::head_read_bytes(m),
+            min_layer: m.layer_bytes.iter().copied().min().unwrap_or(0) as f64,
             masks,
             by_rate,
             by_hop,
@@ -483,6 +490,401 @@ impl<'p, 'a> Solver<'p, 'a> {
         })
     }
 
+    /// Whether the set search applies: the latency objective over single devices (a
+    /// tensor-parallel group shares members with other units and pays per layer, which the
+    /// set bounds do not model), and few enough units to list every set.
+    fn sets_apply(&self) -> bool {
+        let n = self.p.units.len();
+        self.p.objective == Objective::Latency
+            && (1..=SET_UNITS).contains(&n)
+            && self
+                .p
+                .units
+                .iter()
+                .all(|u| u.members.len() == 1 && u.layer_overhead_s == 0.0)
+    }
+
+    /// Admissible bound on the read time of any plan whose stages are exactly the units of
+    /// `set`: each reads at least the smallest layer (the last stage, `last` when known, also
+    /// the head), at most its read capacity, and the rest goes to the fastest first. `None`:
+    /// the set cannot read the model that way.
+    fn set_read_bound(&self, set: u32, rate_order: &[usize], last: Option<usize>) -> Option<f64> {
+        let total = (self.pre_bytes[self.n_layers] + self.head_read) as f64;
+        let least = |u: usize| {
+            self.min_layer
+                + if last == Some(u) {
+                    self.head_read as f64
+                } else {
+                    0.0
+                }
+        };
+        let cap = |u: usize| self.read_cap[u].min(self.p.units[u].capacity as f64);
+        let mut sum = 0.0;
+        let mut rest = total;
+        for &u in rate_order {
+            if set & (1 << u) == 0 {
+                continue;
+            }
+            if cap(u) < least(u) {
+                return None;
+            }
+            sum += least(u) / self.p.units[u].read_rate;
+            rest -= least(u);
+        }
+        for &u in rate_order {
+            if rest <= 0.0 {
+                break;
+            }
+            if set & (1 << u) == 0 {
+                continue;
+            }
+            let take = rest.min(cap(u) - least(u));
+            sum += take / self.p.units[u].read_rate;
+            rest -= take;
+        }
+        (rest <= total * 1e-12).then_some(sum)
+    }
+
+    /// Exact search over device sets: every plan runs on one set of units, and its cost is at
+    /// least the set's read bound plus, for each unit, the cheapest edge into it (every stage
+    /// is entered once, the first by the ring hop, the others by a forward hop). Sets are
+    /// solved in increasing order of that bound until the bound cannot beat the best plan.
+    fn run_sets(&mut self) {
+        let n = self.p.units.len();
+        let l = self.n_layers;
+        let m = self.p.model;
+        let whole = self.stage_mem(0, l, true, true);
+        let multi =
+            self.pre_mem[l] + cost::end_bytes(m, true, false) + cost::end_bytes(m, false, true);
+        let mut by_rate: Vec<usize> = (0..n).collect();
+        by_rate.sort_by(|&a, &b| {
+            self.p.units[b]
+                .read_rate
+                .total_cmp(&self.p.units[a].read_rate)
+                .then(a.cmp(&b))
+        });
+        let into: Vec<f64> = (0..n)
+            .map(|u| {
+                (0..n)
+                    .filter(|&v| v != u)
+                    .map(|v| self.p.hop[v * n + u].min(self.p.ring[v * n + u]))
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        // Memory and entry hops of each set from those of the set without its lowest unit.
+        let mut caps = vec![0u64; 1 << n];
+        let mut entries = vec![0.0f64; 1 << n];
+        let mut sets: Vec<(f64, u32)> = Vec::new();
+        for set in 1u32..(1u32 << n) {
+            if self.tick() {
+                return;
+            }
+            let low = set.trailing_zeros() as usize;
+            let rest = (set & (set - 1)) as usize;
+            let cap = caps[rest].saturating_add(self.p.units[low].capacity);
+            caps[set as usize] = cap;
+            let hops = entries[rest] + into[low];
+            entries[set as usize] = hops;
+            let k = set.count_ones() as usize;
+            if k > l || cap < if k == 1 { whole } else { multi } {
+                continue;
+            }
+            let hops = if k == 1 { 0.0 } else { hops };
+            if !hops.is_finite() {
+                continue;
+            }
+            if let Some(read) = self.set_read_bound(set, &by_rate, None) {
+                sets.push((read + hops, set));
+            }
+        }
+        sets.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for &(lb, set) in &sets {
+            if self.aborted || !may_beat(Cost { sum: lb, max: 0.0 }, self.best, self.p.objective) {
+                return;
+            }
+            self.solve_set(set, &by_rate);
+        }
+    }
+
+    /// The best plan on exactly the units of `set`: every cyclic order (first unit explicit,
+    /// since the ring hop is priced apart), pruned by the hops so far plus the cheapest edge
+    /// into each unit still to place, then the exact split of the layers for that order.
+    fn solve_set(&mut self, set: u32, rate_order: &[usize]) {
+        let n = self.p.units.len();
+        let members: Vec<usize> = (0..n).filter(|&u| set & (1 << u) != 0).collect();
+        if self.tick() {
+            return;
+        }
+        if members.len() == 1 {
+            let u = members[0];
+            if self.stage_mem(0, self.n_layers, true, true) <= self.p.units[u].capacity {
+                let t = Cost::ZERO.add(self.stage_time(u, 0, self.n_layers, true));
+                if better(t, self.best, self.p.objective) {
+                    self.best = t;
+                    self.best_path = Some(vec![UnitStage {
+                        unit: u,
+                        first_layer: 0,
+                        end_layer: self.n_layers,
+                    }]);
+                }
+            }
+            return;
+        }
+        let entry = |table: &[f64], u: usize| {
+            members
+                .iter()
+                .filter(|&&v| v != u)
+                .map(|&v| table[v * n + u])
+                .fold(f64::INFINITY, f64::min)
+        };
+        let in_hop: Vec<f64> = members.iter().map(|&u| entry(&self.p.hop, u)).collect();
+        let in_ring: Vec<f64> = members.iter().map(|&u| entry(&self.p.ring, u)).collect();
+        let all_in: f64 = in_hop.iter().sum();
+        // The last stage reads the head as well: the set's bound is the best over which
+        // unit that is, and each complete order is checked against its own.
+        let last_read: Vec<f64> = members
+            .iter()
+            .map(|&u| {
+                self.set_read_bound(set, rate_order, Some(u))
+                    .unwrap_or(f64::INFINITY)
+            })
+            .collect();
+        let read = last_read.iter().copied().fold(f64::INFINITY, f64::min);
+        if !read.is_finite() {
+            return;
+        }
+        let k = members.len();
+        let full = (1u32 << k) - 1;
+        let mut tail = Vec::new();
+        let mut order = Vec::with_capacity(k);
+        for i in 0..k {
+            if k <= EXACT_TAIL_UNITS {
+                if !self.tails(&members, i, &mut tail) {
+                    return;
+                }
+                let cycle = tail[(full & !(1 << i)) as usize * k + i];
+                let lb = Cost {
+                    sum: read + cycle,
+                    max: 0.0,
+                };
+                if !may_beat(lb, self.best, self.p.objective) {
+                    continue;
+                }
+            }
+            order.push(i);
+            let rest = all_in - in_hop[i] + in_ring[i];
+            self.orders(
+                &members,
+                &in_hop,
+                &tail,
+                &last_read,
+                read,
+                &mut order,
+                1 << i,
+                Cost::ZERO,
+                rest,
+            );
+            order.pop();
+            if self.aborted {
+                return;
+            }
+        }
+    }
+
+    /// Fills `tail[r * k + d]` (member indices, `d` not in the set `r`, neither holding
+    /// `first`): the cheapest path from `d` through every member of `r` by forward hops, then
+    /// the ring hop into `first`. It is exactly what the rest of an order starting at `first`
+    /// and standing at `d` pays in hops. `false`: the work budget ran out.
+    fn tails(&mut self, members: &[usize], first: usize, tail: &mut Vec<f64>) -> bool {
+        let n = self.p.units.len();
+        let k = members.len();
+        tail.clear();
+        tail.resize((1 << k) * k, f64::INFINITY);
+        let f = members[first];
+        for r in 0u32..(1 << k) {
+            if r & (1 << first) != 0 {
+                continue;
+            }
+            if self.tick() {
+                return false;
+            }
+            for d in 0..k {
+                if r & (1 << d) != 0 {
+                    continue;
+                }
+                let from = members[d];
+                let t = if r == 0 {
+                    self.p.ring[from * n + f]
+                } else {
+                    let mut best = f64::INFINITY;
+                    for e in 0..k {
+                        if r & (1 << e) != 0 {
+                            let rest = tail[(r & !(1 << e)) as usize * k + e];
+                            best = best.min(self.p.hop[from * n + members[e]] + rest);
+                        }
+                    }
+                    best
+                };
+                tail[r as usize * k + d] = t;
+            }
+        }
+        true
+    }
+
+    /// Extends the order (indices into `members`); `hops` prices the forward hops so far, and
+    /// the edges still to come cost `tail` of the members left (when the set is small enough
+    /// for that table), else at least `rest`.
+    #[allow(clippy::too_many_arguments)]
+    fn orders(
+        &mut self,
+        members: &[usize],
+        in_hop: &[f64],
+        tail: &[f64],
+        last_read: &[f64],
+        read: f64,
+        order: &mut Vec<usize>,
+        seen: u32,
+        hops: Cost,
+        rest: f64,
+    ) {
+        if self.tick() {
+            return;
+        }
+        let o = self.p.objective;
+        let n = self.p.units.len();
+        let k = members.len();
+        let di = *order.last().expect("order starts with the first unit");
+        let d = members[di];
+        let to_come = if tail.is_empty() {
+            rest
+        } else {
+            let left = ((1u32 << k) - 1) & !seen;
+            tail[left as usize * k + di]
+        };
+        if !may_beat(
+            Cost {
+                sum: read + hops.sum + to_come,
+                max: 0.0,
+            },
+            self.best,
+            o,
+        ) {
+            return;
+        }
+        if order.len() == k {
+            let ring = self.p.ring[d * n + members[order[0]]];
+            let last = *order.last().expect("order is not empty");
+            if ring.is_finite() {
+                self.split(members, order, hops.add(ring), last_read[last]);
+            }
+            return;
+        }
+        for i in 0..k {
+            if seen & (1 << i) != 0 {
+                continue;
+            }
+            let h = self.p.hop[d * n + members[i]];
+            if !h.is_finite() {
+                continue;
+            }
+            order.push(i);
+            self.orders(
+                members,
+                in_hop,
+                tail,
+                last_read,
+                read,
+                order,
+                seen | 1 << i,
+                hops.add(h),
+                rest - in_hop[i],
+            );
+            order.pop();
+            if self.aborted {
+                return;
+            }
+        }
+    }
+
+    /// The best split of the layers over the units in `order` (each at least one layer, the
+    /// first holding the embedding, the last the head), by dynamic programming over split
+    /// points; keeps it if it beats the best plan.
+    fn split(&mut self, members: &[usize], order: &[usize], hops: Cost, read: f64) {
+        let o = self.p.objective;
+        if !may_beat(
+            Cost {
+                sum: read + hops.sum,
+                max: 0.0,
+            },
+            self.best,
+            o,
+        ) {
+            return;
+        }
+        let l = self.n_layers;
+        let k = order.len();
+        let mut cur = vec![Cost::INFINITE; l + 1];
+        cur[0] = Cost::ZERO;
+        let mut from = vec![usize::MAX; k * (l + 1)];
+        for (i, &oi) in order.iter().enumerate() {
+            let u = members[oi];
+            let (first, last) = (i == 0, i + 1 == k);
+            let cap = self.p.units[u].capacity;
+            let end = cost::end_bytes(self.p.model, first, last);
+            let mut next = vec![Cost::INFINITE; l + 1];
+            let ends = if last { l..=l } else { i + 1..=l - (k - 1 - i) };
+            for c in ends {
+                if self.tick() {
+                    return;
+                }
+                for b in (i..c).rev() {
+                    if self.pre_mem[c] - self.pre_mem[b] + end > cap {
+                        break;
+                    }
+                    if !cur[b].sum.is_finite() {
+                        continue;
+                    }
+                    let t = cur[b].add(self.stage_time(u, b, c, last));
+                    if better(t, next[c], o) {
+                        next[c] = t;
+                        from[i * (l + 1) + c] = b;
+                    }
+                }
+            }
+            cur = next;
+        }
+        if !cur[l].sum.is_finite() {
+            return;
+        }
+        let total = Cost {
+            sum: cur[l].sum + hops.sum,
+            max: cur[l].max.max(hops.max),
+        };
+        if !better(total, self.best, o) {
+            return;
+        }
+        let mut path = vec![
+            UnitStage {
+                unit: 0,
+                first_layer: 0,
+                end_layer: 0
+            };
+            k
+        ];
+        let mut c = l;
+        for i in (0..k).rev() {
+            let b = from[i * (l + 1) + c];
+            path[i] = UnitStage {
+                unit: members[order[i]],
+                first_layer: b,
+                end_layer: c,
+            };
+            c = b;
+        }
+        self.best = total;
+        self.best_path = Some(path);
+    }
+
     fn tick(&mut self) -> bool {
         self.nodes += 1;
         if self.nodes >= self.budget.work_limit
@@ -625,6 +1027,13 @@ impl<'p, 'a> Solver<'p, 'a> {
     }
 }
 
+/// Units up to which the latency objective is solved by listing device sets (2^n of them).
+const SET_UNITS: usize = 18;
+
+/// Set sizes up to which an order's remaining hops are bounded exactly (a table of `2^k × k`
+/// per first unit); larger sets use the cheapest edge into each unit left.
+const EXACT_TAIL_UNITS: usize = 12;
+
 /// Units up to which the walk table is kept (its cost grows as the fourth power).
 const WALK_UNITS: usize = 48;
 
@@ -722,12 +1131,147 @@ pub fn search(p: &Problem, budget: Budget, incumbent: Cost) -> Outcome {
     let mut s = Solver::new(p, budget, incumbent);
     let root_bound = s.root_bound().unwrap_or(Cost::INFINITE);
     if root_bound.sum.is_finite() {
-        s.run();
+        if s.sets_apply() {
+            s.run_sets();
+        } else {
+            s.run();
+        }
     }
     Outcome {
         best: s.best_path.take().map(|path| (path, s.best)),
         complete: !s.aborted,
         nodes: s.nodes,
         root_bound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn range(&mut self, lo: f64, hi: f64) -> f64 {
+            lo + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
+        }
+    }
+
+    fn model(rng: &mut Rng) -> ModelProfile {
+        let n = 4 + (rng.next() % 28) as usize;
+        let layer_bytes: Vec<u64> = (0..n).map(|_| rng.range(80e6, 120e6) as u64).collect();
+        let tied = rng.next().is_multiple_of(3);
+        ModelProfile {
+            name: "t".into(),
+            hidden_size: 4096,
+            n_kv_heads: 8,
+            head_dim: 128,
+            layer_params: layer_bytes.iter().map(|b| b * 2).collect(),
+            layer_bytes,
+            embedding_bytes: 200_000_000,
+            embedding_params: 400_000_000,
+            head_bytes: if tied { 8192 } else { 200_008_192 },
+            head_params: if tied { 4096 } else { 400_004_096 },
+            tied_embeddings: tied,
+            tensor_types: vec!["Q4_K".into()],
+        }
+    }
+
+    /// Solves one problem with the branch-and-bound and with the set search.
+    fn both(p: &Problem) -> (Outcome, Outcome) {
+        let budget = Budget {
+            deadline: Instant::now() + Duration::from_secs(600),
+            work_limit: u64::MAX,
+        };
+        let run = |sets: bool| {
+            let mut s = Solver::new(p, budget, Cost::INFINITE);
+            if sets {
+                assert!(s.sets_apply());
+                s.run_sets();
+            } else {
+                s.run();
+            }
+            Outcome {
+                best: s.best_path.take().map(|path| (path, s.best)),
+                complete: !s.aborted,
+                nodes: s.nodes,
+                root_bound: Cost::INFINITE,
+            }
+        };
+        (run(false), run(true))
+    }
+
+    /// The set search and the branch-and-bound are independent exact methods; on fleets of
+    /// 5-10 units with mixed fast and slow hops they must agree on the optimal cost.
+    #[test]
+    fn set_search_agrees_with_branch_and_bound() {
+        let mut solved = 0;
+        for seed in 0..60u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let m = model(&mut rng);
+            let total = m.total_bytes() as f64;
+            let n = 5 + (rng.next() % 6) as usize;
+            let units: Vec<Unit> = (0..n)
+                .map(|d| Unit {
+                    members: vec![d],
+                    read_rate: rng.range(20e9, 1000e9),
+                    capacity: (total * rng.range(0.15, 0.7)) as u64,
+                    layer_overhead_s: 0.0,
+                })
+                .collect();
+            let slow: Vec<bool> = (0..n).map(|_| rng.next().is_multiple_of(3)).collect();
+            let (mut hop, mut ring) = (vec![f64::INFINITY; n * n], vec![f64::INFINITY; n * n]);
+            for a in 0..n {
+                for b in a + 1..n {
+                    if rng.next().is_multiple_of(7) {
+                        continue;
+                    }
+                    let (lat, gbps) = if slow[a] || slow[b] {
+                        (rng.range(2e-3, 5e-3), rng.range(0.2, 0.5))
+                    } else {
+                        (rng.range(2e-4, 5e-4), 1.0)
+                    };
+                    let h = lat + 8192.0 * 8.0 / (gbps * 1e9);
+                    let r = lat + 32.0 / (gbps * 1e9);
+                    (hop[a * n + b], hop[b * n + a]) = (h, h);
+                    (ring[a * n + b], ring[b * n + a]) = (r, r);
+                }
+            }
+            let mut physical: Vec<(usize, f64, u64)> = units
+                .iter()
+                .map(|u| (u.members[0], u.read_rate, u.capacity))
+                .collect();
+            physical.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let p = Problem {
+                model: &m,
+                context: 1024,
+                objective: Objective::Latency,
+                units,
+                hop,
+                ring,
+                physical,
+            };
+            let (bb, sets) = both(&p);
+            assert!(bb.complete && sets.complete, "seed {seed}");
+            match (bb.best, sets.best) {
+                (Some((_, a)), Some((path, b))) => {
+                    solved += 1;
+                    assert!(
+                        !better(a, b, p.objective) && !better(b, a, p.objective),
+                        "seed {seed}: branch-and-bound {a:?}, sets {b:?} {path:?}"
+                    );
+                }
+                (None, None) => {}
+                (a, b) => panic!("seed {seed}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(solved >= 40, "only {solved} feasible");
     }
 }

@@ -98,27 +98,37 @@ fn scale() {
 }
 
 /// Sixteen-device fleets, solved exactly within the default node budget: the flag and the
-/// node count are machine-independent, unlike the time. Ignored while it fails: about half of
-/// these fleets (Wi-Fi members among the fastest devices) still exhaust the node budget.
+/// node count are machine-independent, unlike the time. Half of these fleets put Wi-Fi members
+/// among the fastest devices, where plans of near-equal read time differ only in their hops.
 #[test]
-#[ignore = "open: about half of random 16-device fleets exhaust the node budget"]
 fn random_sixteen_device_fleets_are_solved_exactly() {
     let m70 = catalog_profile("llama-3.1-70b-q4_k_m").unwrap();
+    // The default node budget, with the clock out of the way: debug builds and loaded
+    // machines must reach the same verdict.
     let p = Policy {
         tensor_parallel: false,
+        work_limit: Some(Policy::default().work_limit()),
+        budget: Duration::from_secs(600),
         ..Policy::default()
     };
     let mut unsolved = Vec::new();
+    let mut most_nodes = 0;
+    let mut slowest = Duration::ZERO;
     for seed in 100..120u64 {
         let mut rng = Rng::new(seed);
         let f = fleet(&mut rng, 16);
         let got = plan(&f, &m70, &p).expect("a plan");
         check(&f, &m70, &p, &stages_of(&got)).unwrap();
         assert!(got.nodes <= p.work_limit(), "seed {seed}");
+        most_nodes = most_nodes.max(got.nodes);
+        slowest = slowest.max(got.solve_time);
         if !got.optimal {
             unsolved.push((seed, got.nodes, got.gap()));
         }
     }
-    println!("unsolved: {unsolved:?}");
+    println!(
+        "most nodes: {most_nodes}; slowest: {:.1} ms; unsolved: {unsolved:?}",
+        slowest.as_secs_f64() * 1e3
+    );
     assert!(unsolved.is_empty(), "not proven optimal: {unsolved:?}");
 }
