@@ -1,0 +1,5 @@
+//! Thermal model, governor and temperature sensors.
+
+pub mod governor;
+pub mod model;
+pub mod sysfs;
