@@ -1,12 +1,20 @@
-//! Compute devices as hearth sees them. This first part holds the thermal model and governor:
+//! Compute devices as hearth sees them: the CPU's capabilities parsed from `/proc`
+//! ([`cpu`]), micro-benchmarks with the engine's kernels ([`bench`]) and the on-disk cache of
+//! their results ([`registry`]); and the thermal model and governor:
 //! a first-order RC model fitted online from telemetry ([`thermal::model`]), a governor that
 //! keeps a device below its threshold by predicting where the temperature is heading
 //! ([`thermal::governor`]), and the sysfs reader that feeds it ([`thermal::sysfs`]).
 //! Everything here is pure except the sysfs reader, which only reads the files it is pointed at.
 
+pub mod bench;
+pub mod cpu;
 pub mod error;
+pub mod registry;
 pub mod thermal;
 
+pub use bench::{BenchConfig, BenchError, Measurement};
+pub use cpu::{CpuInfo, CpuInfoError, DeviceRecord, ProbeError, SimdFlags};
 pub use error::{ConfigError, SampleError, SysfsError};
+pub use registry::{Entry, Lookup, Registry, RegistryError};
 pub use thermal::governor::{Decision, Governor, GovernorConfig, Sample, State};
 pub use thermal::model::{ModelConfig, RcParams, ThermalModel};

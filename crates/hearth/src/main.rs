@@ -26,6 +26,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Plan which device runs which layers of a model on a fleet.
     Place(cli::place::PlaceArgs),
+    /// List this node's compute devices with measured figures.
+    Devices(cli::devices::DevicesArgs),
     /// Download and list models.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Place(args) => cli::place::run(args),
+        Command::Devices(args) => cli::devices::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,10 @@
 //! hearth-device tests: the thermal model's closed forms and fit, the governor on a simulated
-//! device read through a fake sysfs tree, the battery policy, and sysfs parsing.
+//! device read through a fake sysfs tree, the battery policy, and sysfs parsing; CPU probing
+//! from `/proc` fixtures, the micro-benchmarks and the measurement registry.
 
+mod bench;
+mod cpu;
+mod registry;
 mod sim;
 
 use hearth_device::thermal::sysfs::{self, parse_millidegrees, ParseError};

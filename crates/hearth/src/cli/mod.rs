@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod devices;
 mod load;
 pub mod logprobs;
 pub mod model;

@@ -6,6 +6,7 @@
 //! `<workspace>/../shared`). A missing file is a failure, never a skip.
 
 mod bad_input;
+mod devices;
 mod place;
 mod reference;
 mod shards;
