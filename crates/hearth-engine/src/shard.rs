@@ -64,6 +64,8 @@ pub enum ShardInput<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitRows {
     Last,
+    /// Every input position (scoring a text); holds `tokens × vocab_size` floats, outside the
+    /// memory budget, so callers should bound the tokens they pass at once.
     All,
 }
 
