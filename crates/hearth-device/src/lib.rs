@@ -4,17 +4,22 @@
 //! a first-order RC model fitted online from telemetry ([`thermal::model`]), a governor that
 //! keeps a device below its threshold by predicting where the temperature is heading
 //! ([`thermal::governor`]), and the sysfs reader that feeds it ([`thermal::sysfs`]).
-//! Everything here is pure except the sysfs reader, which only reads the files it is pointed at.
+//! Live telemetry of the CPU ([`telemetry`]) samples memory, utilisation, temperature, power,
+//! battery and throttling on a background thread into a bounded channel.
+//! Everything here is pure except the sysfs and telemetry readers, which only read the files
+//! they are pointed at.
 
 pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod registry;
+pub mod telemetry;
 pub mod thermal;
 
 pub use bench::{BenchConfig, BenchError, Measurement};
 pub use cpu::{CpuInfo, CpuInfoError, DeviceRecord, ProbeError, SimdFlags};
 pub use error::{ConfigError, SampleError, SysfsError};
 pub use registry::{Entry, Lookup, Registry, RegistryError};
+pub use telemetry::{Battery, Sampler, SamplerStats, SourceError, TelemetryConfig, ThrottleRule};
 pub use thermal::governor::{Decision, Governor, GovernorConfig, Sample, State};
 pub use thermal::model::{ModelConfig, RcParams, ThermalModel};

@@ -6,6 +6,7 @@ mod bench;
 mod cpu;
 mod registry;
 mod sim;
+mod telemetry;
 
 use hearth_device::thermal::sysfs::{self, parse_millidegrees, ParseError};
 use hearth_device::{

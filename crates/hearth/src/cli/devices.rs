@@ -4,8 +4,11 @@
 use anyhow::Context;
 use clap::Args;
 use hearth_device::bench::{self, BenchConfig};
+use hearth_device::telemetry::{Sample, Sampler, TelemetryConfig};
 use hearth_device::{cpu, Lookup, Registry};
 use serde_json::json;
+use std::io::Write;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct DevicesArgs {
@@ -15,9 +18,22 @@ pub struct DevicesArgs {
     /// Measure again even when the registry holds figures for this hardware.
     #[arg(long)]
     pub remeasure: bool,
+    /// Print a telemetry line (memory, utilisation, temperature, power, battery, throttling)
+    /// every period until interrupted, instead of the device table.
+    #[arg(long)]
+    pub watch: bool,
+    /// The telemetry period for `--watch`, milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub period_ms: u64,
+    /// Stop `--watch` after this many lines.
+    #[arg(long)]
+    pub samples: Option<u64>,
 }
 
 pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return watch(args.period_ms, args.samples);
+    }
     let info = cpu::probe().context("probing the CPU")?;
     let registry = Registry::open_default()?;
     let lookup = registry
@@ -120,4 +136,48 @@ fn print_table(devices: &[Lookup]) {
         }
         println!();
     }
+}
+
+/// Ctrl-C ends the loop through the default signal action; nothing needs flushing beyond each
+/// line, which is written whole.
+fn watch(period_ms: u64, samples: Option<u64>) -> anyhow::Result<()> {
+    let sampler = Sampler::start(TelemetryConfig {
+        period: Duration::from_millis(period_ms),
+        ..TelemetryConfig::default()
+    })
+    .context("starting telemetry")?;
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0u64;
+    while samples.is_none_or(|n| printed < n) {
+        let s = sampler
+            .recv()
+            .context("the telemetry thread stopped unexpectedly")?;
+        writeln!(out, "{}", telemetry_line(&s))?;
+        out.flush()?;
+        printed += 1;
+    }
+    Ok(())
+}
+
+fn telemetry_line(s: &Sample) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "n/a".to_string());
+    format!(
+        "memory {} used, {} available; utilisation {:.1} %; temperature {}; power {}; \
+         battery {}; throttled {}",
+        gib(s.memory_used()),
+        gib(s.memory_available),
+        100.0 * s.utilisation,
+        opt(s.temperature_c.map(|c| format!("{c:.1} °C"))),
+        opt(s.power_w.map(|w| format!("{w:.1} W"))),
+        opt(s.battery.map(|b| format!(
+            "{:.0} % {}",
+            100.0 * b.level,
+            if b.charging {
+                "charging"
+            } else {
+                "not charging"
+            }
+        ))),
+        if s.throttled { "yes" } else { "no" },
+    )
 }

@@ -1,4 +1,4 @@
-//! `hearth devices`: one measured CPU device, cached on the second run.
+//! `hearth devices`: one measured CPU device, cached on the second run; `--watch` telemetry.
 
 use serde_json::Value;
 use std::process::Command;
@@ -41,4 +41,25 @@ fn measures_once_then_reuses() {
     assert_eq!(d2["id"], d["id"]);
     assert_eq!(d2["bandwidth_gbs"], d["bandwidth_gbs"]);
     let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn watch_prints_the_requested_number_of_telemetry_lines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["devices", "--watch", "--samples", "2", "--period-ms", "50"])
+        .output()
+        .expect("the hearth binary runs");
+    assert!(
+        out.status.success(),
+        "hearth devices --watch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for l in lines {
+        assert!(l.starts_with("memory "), "{l}");
+        assert!(l.contains(" GiB used"), "{l}");
+        assert!(l.contains("utilisation "), "{l}");
+    }
 }
