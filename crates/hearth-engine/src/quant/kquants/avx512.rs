@@ -235,29 +235,6 @@ unsafe fn q6k_tile<const NT: usize>(
     }
 }
 
-macro_rules! tile_dispatch {
-    ($name:ident, $tile:ident) => {
-        /// # Safety
-        /// AVX-512 F/BW/VL, AVX2, FMA and F16C must be available; see [`super::TileFn`] for the
-        /// pointers.
-        pub(super) unsafe fn $name(
-            nb: usize,
-            w: *const u8,
-            act: *const u8,
-            act_stride: usize,
-            nt: usize,
-            out: *mut f32,
-        ) {
-            match nt {
-                1 => $tile::<1>(nb, w, act, act_stride, out),
-                2 => $tile::<2>(nb, w, act, act_stride, out),
-                3 => $tile::<3>(nb, w, act, act_stride, out),
-                _ => $tile::<4>(nb, w, act, act_stride, out),
-            }
-        }
-    };
-}
-
 tile_dispatch!(q4k, q4k_tile);
 tile_dispatch!(q5k, q5k_tile);
 tile_dispatch!(q6k, q6k_tile);

@@ -13,6 +13,32 @@ use super::{Isa, WeightKernel};
 mod blocks;
 mod scalar;
 
+/// Safe-to-name entry points over a tile kernel generic in its token count: `$name(nb, w, act,
+/// act_stride, nt, out)` runs `$tile::<nt>` for `nt` in 1..=4. Defined once here so every
+/// instruction-set module shapes its tiles the same way.
+macro_rules! tile_dispatch {
+    ($name:ident, $tile:ident) => {
+        /// # Safety
+        /// The CPU must have the features the calling module's kernels are compiled for; see
+        /// [`crate::quant::kquants::TileFn`] for the pointers.
+        pub(in crate::quant::kquants) unsafe fn $name(
+            nb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            nt: usize,
+            out: *mut f32,
+        ) {
+            match nt {
+                1 => $tile::<1>(nb, w, act, act_stride, out),
+                2 => $tile::<2>(nb, w, act, act_stride, out),
+                3 => $tile::<3>(nb, w, act, act_stride, out),
+                _ => $tile::<4>(nb, w, act, act_stride, out),
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -212,29 +212,6 @@ macro_rules! neon_kq_kernels {
             }
         }
 
-        macro_rules! tile_dispatch {
-            ($name:ident, $tile:ident) => {
-                /// # Safety
-                /// The CPU must have the features this build was compiled for; see
-                /// [`crate::quant::kquants::TileFn`] for the pointers.
-                pub(in crate::quant::kquants) unsafe fn $name(
-                    nb: usize,
-                    w: *const u8,
-                    act: *const u8,
-                    act_stride: usize,
-                    nt: usize,
-                    out: *mut f32,
-                ) {
-                    match nt {
-                        1 => $tile::<1>(nb, w, act, act_stride, out),
-                        2 => $tile::<2>(nb, w, act, act_stride, out),
-                        3 => $tile::<3>(nb, w, act, act_stride, out),
-                        _ => $tile::<4>(nb, w, act, act_stride, out),
-                    }
-                }
-            };
-        }
-
         tile_dispatch!(q4k, q4k_tile);
         tile_dispatch!(q5k, q5k_tile);
         tile_dispatch!(q6k, q6k_tile);
