@@ -13,6 +13,106 @@ use super::*;
 pub mod blocks;
 mod scalar;
 
+/// The row/token tiling around a float kernel `float_tile::<W, R, T>` and the safe
+/// `matmul_f32`/`matmul_f16`/`matmul_bf16` entry points, for one instruction set (`$feat`): the
+/// calling module supplies `float_tile`, `FloatFmt` and the `F32`/`F16`/`Bf16` formats.
+///
+/// SAFETY of the generated entry points: they are handed out only for the `Isa` the calling
+/// module is built for, and `float_matmul` checks the slice lengths before reading.
+macro_rules! float_matmuls {
+    ($feat:literal) => {
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $feat)]
+        unsafe fn float_tokens<W: FloatFmt, const R: usize>(
+            n: usize,
+            w: *const u8,
+            wrow: usize,
+            a: *const u8,
+            arow: usize,
+            tokens: usize,
+            out: *mut f32,
+            ostride: usize,
+        ) {
+            let mut t = 0;
+            while t + 4 <= tokens {
+                float_tile::<W, R, 4>(n, w, wrow, a.add(t * arow), arow, out.add(t), ostride);
+                t += 4;
+            }
+            while t < tokens {
+                float_tile::<W, R, 1>(n, w, wrow, a.add(t * arow), arow, out.add(t), ostride);
+                t += 1;
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn float_matmul<W: FloatFmt>(
+            n: usize,
+            w: &[u8],
+            rows: usize,
+            act: &[u8],
+            tokens: usize,
+            out: &mut [f32],
+        ) {
+            let row = n * W::BYTES;
+            assert!(w.len() >= rows * row && act.len() >= tokens * row);
+            assert!(out.len() >= rows * tokens);
+            let (wp, ap, op) = (w.as_ptr(), act.as_ptr(), out.as_mut_ptr());
+            let mut r = 0;
+            if tokens == 1 {
+                // Four rows give four independent FMA chains to hide the FMA latency.
+                while r + 4 <= rows {
+                    float_tile::<W, 4, 1>(n, wp.add(r * row), row, ap, row, op.add(r), 1);
+                    r += 4;
+                }
+            } else {
+                while r + 2 <= rows {
+                    let o = op.add(r * tokens);
+                    float_tokens::<W, 2>(n, wp.add(r * row), row, ap, row, tokens, o, tokens);
+                    r += 2;
+                }
+            }
+            while r < rows {
+                let o = op.add(r * tokens);
+                float_tokens::<W, 1>(n, wp.add(r * row), row, ap, row, tokens, o, tokens);
+                r += 1;
+            }
+        }
+
+        pub(super) fn matmul_f32(
+            n: usize,
+            w: &[u8],
+            rows: usize,
+            act: &[u8],
+            tokens: usize,
+            out: &mut [f32],
+        ) {
+            unsafe { float_matmul::<F32>(n, w, rows, act, tokens, out) }
+        }
+
+        pub(super) fn matmul_f16(
+            n: usize,
+            w: &[u8],
+            rows: usize,
+            act: &[u8],
+            tokens: usize,
+            out: &mut [f32],
+        ) {
+            unsafe { float_matmul::<F16>(n, w, rows, act, tokens, out) }
+        }
+
+        pub(super) fn matmul_bf16(
+            n: usize,
+            w: &[u8],
+            rows: usize,
+            act: &[u8],
+            tokens: usize,
+            out: &mut [f32],
+        ) {
+            unsafe { float_matmul::<Bf16>(n, w, rows, act, tokens, out) }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[macro_use]
 mod simd;
