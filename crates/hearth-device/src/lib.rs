@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cpu;
 pub mod error;
+pub mod probe;
 pub mod registry;
 pub mod telemetry;
 pub mod thermal;
@@ -19,6 +20,7 @@ pub mod thermal;
 pub use bench::{BenchConfig, BenchError, Measurement};
 pub use cpu::{CpuInfo, CpuInfoError, DeviceRecord, ProbeError, SimdFlags};
 pub use error::{ConfigError, SampleError, SysfsError};
+pub use probe::{Accelerator, Backend, DeviceKind, Discovery, Precision, ProbeWarning, Reading};
 pub use registry::{Entry, Lookup, Registry, RegistryError};
 pub use telemetry::{Battery, Sampler, SamplerStats, SourceError, TelemetryConfig, ThrottleRule};
 pub use thermal::governor::{Decision, Governor, GovernorConfig, Sample, State};
