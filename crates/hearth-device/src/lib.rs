@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod declared;
 pub mod error;
 pub mod probe;
 pub mod registry;
@@ -19,6 +20,7 @@ pub mod thermal;
 
 pub use bench::{BenchConfig, BenchError, Measurement};
 pub use cpu::{CpuInfo, CpuInfoError, DeviceRecord, ProbeError, SimdFlags};
+pub use declared::{DeviceProfile, ProfileError, ThermalProfile};
 pub use error::{ConfigError, SampleError, SysfsError};
 pub use probe::{Accelerator, Backend, DeviceKind, Discovery, Precision, ProbeWarning, Reading};
 pub use registry::{Entry, Lookup, Registry, RegistryError};

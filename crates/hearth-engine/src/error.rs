@@ -42,4 +42,6 @@ pub enum EngineError {
     BadHiddenState { got: usize, width: usize },
     #[error("empty input")]
     EmptyInput,
+    #[error("compute share must be within 0 < s <= 1, got {0}")]
+    BadComputeShare(f64),
 }

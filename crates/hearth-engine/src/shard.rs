@@ -14,6 +14,7 @@ use hearth_model::gguf::GgufFile;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Identifies one sequence's KV cache within a shard.
 pub type SequenceId = u64;
@@ -35,6 +36,9 @@ pub struct ShardOptions {
     pub pool: Option<Arc<ThreadPool>>,
     /// Instruction set; `None` picks the best this CPU has.
     pub isa: Option<Isa>,
+    /// Share of full speed to run at, `0 < s ≤ 1`: after each forward pass that took `t` the
+    /// shard idles `t·(1 − s)/s`, so a declared slower device really is slower. 1 runs flat out.
+    pub compute_share: f64,
 }
 
 impl Default for ShardOptions {
@@ -47,6 +51,7 @@ impl Default for ShardOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pool: None,
             isa: None,
+            compute_share: 1.0,
         }
     }
 }
@@ -160,6 +165,10 @@ impl Shard {
                 end: layers.end,
                 n_layers: config.n_layers,
             });
+        }
+        let share = options.compute_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(EngineError::BadComputeShare(share));
         }
         let isa = options.isa.unwrap_or_else(Isa::detect);
         let context = options.context.max(1);
@@ -383,6 +392,21 @@ impl Shard {
 
     /// Runs the shard's layers over new tokens of sequence `id`, appending them to its cache.
     pub fn forward(
+        &mut self,
+        id: SequenceId,
+        input: ShardInput<'_>,
+        rows: LogitRows,
+    ) -> Result<ShardOutput<'_>, EngineError> {
+        let share = self.options.compute_share;
+        let start = Instant::now();
+        let out = self.forward_at_full_speed(id, input, rows);
+        if share < 1.0 {
+            std::thread::sleep(start.elapsed().mul_f64((1.0 - share) / share));
+        }
+        out
+    }
+
+    fn forward_at_full_speed(
         &mut self,
         id: SequenceId,
         input: ShardInput<'_>,

@@ -6,6 +6,7 @@ mod model;
 mod reference;
 
 mod accuracy;
+mod duty;
 mod errors;
 mod generation;
 mod sequences;

@@ -1,6 +1,7 @@
 //! `hearth devices`: this node's compute devices with their measured figures. Measurements are
 //! taken once per hardware configuration and kept in the device registry.
 
+use super::declared::Declared;
 use anyhow::Context;
 use clap::Args;
 use hearth_device::bench::{self, BenchConfig};
@@ -28,16 +29,70 @@ pub struct DevicesArgs {
     /// Stop `--watch` after this many lines.
     #[arg(long)]
     pub samples: Option<u64>,
+    /// Also list the device this node stands in for (a TOML device profile; see
+    /// `hearth run --help`), marked as declared.
+    #[arg(long, value_name = "FILE")]
+    pub device_profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
     if args.watch {
         return watch(args.period_ms, args.samples);
     }
+    let lookup = measured_cpu(args.remeasure)?;
+    let declared = args
+        .device_profile
+        .as_deref()
+        .map(Declared::load)
+        .transpose()?;
+    let devices = [lookup];
+    if args.json {
+        let mut list: Vec<_> = devices.iter().map(device_json).collect();
+        list.extend(declared.iter().map(Declared::json));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "devices": list }))?
+        );
+    } else {
+        print_table(&devices);
+        if let Some(d) = &declared {
+            print_declared(d);
+        }
+    }
+    Ok(())
+}
+
+fn print_declared(d: &Declared) {
+    let p = &d.profile;
+    let rows = [
+        (
+            "name",
+            format!("{} (declared in {})", p.name, d.path.display()),
+        ),
+        ("backend", p.backend.clone()),
+        ("precisions", p.precisions.join(" ")),
+        ("memory", format!("{} declared", gib(p.memory_bytes()))),
+        ("bandwidth", format!("{:.1} GB/s declared", p.bandwidth_gbs)),
+        ("compute", format!("{:.3} TFLOP/s declared", p.tflops)),
+        (
+            "runs at",
+            format!("{:.3} of this machine ({})", d.compute_share, d.share_basis),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<11} {v}");
+    }
+    println!();
+}
+
+/// This machine's CPU with its measured figures: from the registry, or measured now (and
+/// stored) when the registry has none for this hardware or `remeasure` asks for fresh ones.
+pub fn measured_cpu(remeasure: bool) -> anyhow::Result<Lookup> {
     let info = cpu::probe().context("probing the CPU")?;
     let registry = Registry::open_default()?;
     let lookup = registry
-        .cpu(&info, args.remeasure, || {
+        .cpu(&info, remeasure, || {
+            eprintln!("measuring this machine's memory bandwidth and compute (a few seconds)…");
             bench::measure(&BenchConfig::default())
         })
         .with_context(|| format!("device registry {}", registry.path().display()))?;
@@ -47,17 +102,7 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
             registry.path().display()
         );
     }
-    let devices = [lookup];
-    if args.json {
-        let list: Vec<_> = devices.iter().map(device_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "devices": list }))?
-        );
-    } else {
-        print_table(&devices);
-    }
-    Ok(())
+    Ok(lookup)
 }
 
 fn device_json(l: &Lookup) -> serde_json::Value {

@@ -1,6 +1,7 @@
 //! Loading a model for the commands that run it: resolve the name, open and validate the file,
 //! build the tokenizer, and load the engine's shards.
 
+use super::declared::Declared;
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_engine::{ShardChain, ShardOptions};
@@ -36,6 +37,13 @@ pub struct EngineArgs {
     /// Refuse to load if weights, KV cache and scratch exceed this size (e.g. `512MiB`, `2G`).
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<u64>,
+    /// Stand in for a declared device: a TOML file with the fields of a fleet file's
+    /// `[[device]]` (name, backend, memory_gib, bandwidth_gbs, tflops, precisions, optional
+    /// thermal_headroom, on_battery) plus optional `compute_share` (0..1; default: declared
+    /// over measured bandwidth) and `[thermal]`. The engine refuses to load past its memory
+    /// and runs at its compute share.
+    #[arg(long, value_name = "FILE")]
+    pub device_profile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,10 +145,24 @@ impl LoadedModel {
         if context == 0 {
             bail!("--context must be at least 1");
         }
+        let declared = args
+            .device_profile
+            .as_deref()
+            .map(Declared::load)
+            .transpose()?;
+        let mut memory_limit = args.memory_limit;
+        let mut compute_share = 1.0;
+        if let Some(d) = &declared {
+            eprintln!("{}", d.summary());
+            let limit = d.profile.memory_bytes();
+            memory_limit = Some(memory_limit.map_or(limit, |m| m.min(limit)));
+            compute_share = d.compute_share;
+        }
         let options = ShardOptions {
             context,
             max_sequences: sequences,
-            memory_limit: args.memory_limit,
+            memory_limit,
+            compute_share,
             threads: args
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

@@ -1,4 +1,5 @@
 pub mod bench;
+mod declared;
 pub mod devices;
 mod load;
 pub mod logprobs;
