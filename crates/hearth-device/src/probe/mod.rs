@@ -9,6 +9,10 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod android;
+pub mod apple;
+pub mod windows;
+
 /// What a device can run hearth's layers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,7 +156,16 @@ impl Discovery {
 /// Runs every probe compiled for this platform.
 pub fn discover() -> Discovery {
     // Platform probes register themselves here as they land.
-    Discovery::default()
+    #[allow(unused_mut)]
+    let mut found = Discovery::default();
+    #[cfg(target_os = "macos")]
+    found.absorb("metal", apple::probe());
+    #[cfg(windows)]
+    found.absorb("dxgi", windows::probe());
+    // Also on Linux: ARM boards expose the same kgsl/mali nodes; elsewhere it finds nothing.
+    #[cfg(any(target_os = "android", target_os = "linux"))]
+    found.absorb("android-sysfs", android::probe(std::path::Path::new("/")));
+    found
 }
 
 /// `free` when the source reports it, else `total`: the budget a planner may hand out.

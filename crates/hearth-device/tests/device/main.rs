@@ -1,18 +1,47 @@
 //! hearth-device tests: the thermal model's closed forms and fit, the governor on a simulated
 //! device read through a fake sysfs tree, the battery policy, and sysfs parsing; CPU probing
-//! from `/proc` fixtures, the micro-benchmarks and the measurement registry.
+//! from `/proc` fixtures, the micro-benchmarks and the measurement registry; the Metal,
+//! DirectML and Android SoC probes on captured outputs.
 
+mod android;
+mod apple;
 mod bench;
 mod cpu;
 mod registry;
 mod sim;
 mod telemetry;
+mod windows;
 
 use hearth_device::thermal::sysfs::{self, parse_millidegrees, ParseError};
 use hearth_device::{
     Governor, GovernorConfig, RcParams, Sample, SampleError, State, SysfsError, ThermalModel,
 };
 use sim::{Physics, SimDevice, SENSOR};
+
+/// Feeds `check` truncations of `input` at many offsets and copies with single bytes
+/// changed: probe parsers must answer every one with a value or an error, never a panic.
+pub(crate) fn mutations(input: &[u8], mut check: impl FnMut(&str)) {
+    let step = (input.len() / 200).max(1);
+    for cut in (0..=input.len()).step_by(step) {
+        check(&String::from_utf8_lossy(&input[..cut]));
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..400 {
+        if input.is_empty() {
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut copy = input.to_vec();
+        let at = (seed % copy.len() as u64) as usize;
+        let byte = [b'"', b':', b'\n', b'{', b'}', b'0', b'-', 0xff][(seed >> 40) as usize % 8];
+        if let Some(b) = copy.get_mut(at) {
+            *b = byte;
+        }
+        check(&String::from_utf8_lossy(&copy));
+    }
+}
 
 const LATENCY_S: usize = 3;
 
