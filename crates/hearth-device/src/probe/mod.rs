@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod vulkan;
+
 /// What a device can run hearth's layers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,7 +154,9 @@ impl Discovery {
 /// Runs every probe compiled for this platform.
 pub fn discover() -> Discovery {
     // Platform probes register themselves here as they land.
-    Discovery::default()
+    let mut found = Discovery::default();
+    found.absorb("vulkan", vulkan::probe());
+    found
 }
 
 /// `free` when the source reports it, else `total`: the budget a planner may hand out.

@@ -7,6 +7,7 @@ mod cpu;
 mod registry;
 mod sim;
 mod telemetry;
+mod vulkan;
 
 use hearth_device::thermal::sysfs::{self, parse_millidegrees, ParseError};
 use hearth_device::{
