@@ -12,6 +12,7 @@ use std::fmt;
 pub mod android;
 pub mod apple;
 pub mod windows;
+pub mod vulkan;
 
 /// What a device can run hearth's layers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -156,8 +157,8 @@ impl Discovery {
 /// Runs every probe compiled for this platform.
 pub fn discover() -> Discovery {
     // Platform probes register themselves here as they land.
-    #[allow(unused_mut)]
     let mut found = Discovery::default();
+    found.absorb("vulkan", vulkan::probe());
     #[cfg(target_os = "macos")]
     found.absorb("metal", apple::probe());
     #[cfg(windows)]

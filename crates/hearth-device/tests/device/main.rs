@@ -10,6 +10,7 @@ mod cpu;
 mod registry;
 mod sim;
 mod telemetry;
+mod vulkan;
 mod windows;
 
 use hearth_device::thermal::sysfs::{self, parse_millidegrees, ParseError};
