@@ -66,7 +66,9 @@ impl Peers {
     }
 
     pub fn is_live(&self, id: &NodeId, now_ms: u64, timeout_ms: u64) -> bool {
-        self.map.get(id).is_some_and(|p| live(p, now_ms, timeout_ms))
+        self.map
+            .get(id)
+            .is_some_and(|p| live(p, now_ms, timeout_ms))
     }
 
     pub fn live(&self, now_ms: u64, timeout_ms: u64) -> impl Iterator<Item = (&NodeId, &PeerView)> {

@@ -34,9 +34,13 @@ pub enum Event {
         incarnation: u64,
     },
     /// A node said goodbye.
-    NodeLeft { node: NodeId },
+    NodeLeft {
+        node: NodeId,
+    },
     /// A node was silent past the timeout.
-    NodeTimedOut { node: NodeId },
+    NodeTimedOut {
+        node: NodeId,
+    },
     /// The full list of a node's devices (replaces the previous list).
     DeviceInfo {
         node: NodeId,
@@ -62,10 +66,18 @@ pub enum Event {
         model: String,
         stages: Vec<Stage>,
     },
-    InstanceStatus { id: String, status: InstanceStatus },
-    InstanceRemoved { id: String },
+    InstanceStatus {
+        id: String,
+        status: InstanceStatus,
+    },
+    InstanceRemoved {
+        id: String,
+    },
     /// First event of every reign: `coordinator` orders from here on, in `epoch`.
-    CoordinatorChanged { coordinator: NodeId, epoch: u64 },
+    CoordinatorChanged {
+        coordinator: NodeId,
+        epoch: u64,
+    },
 }
 
 impl Event {
@@ -146,25 +158,21 @@ fn check_order(state: &ClusterState, ev: &SequencedEvent) -> Result<(), ApplyErr
         });
     }
     match &ev.event {
-        Event::CoordinatorChanged { epoch, .. } => {
-            // A new reign must say which epoch it opens and must be newer than the last.
-            if *epoch != ev.epoch || *epoch <= state.epoch {
-                return Err(ApplyError::BadEpoch {
-                    stamped: ev.epoch,
-                    announced: *epoch,
-                    current: state.epoch,
-                });
-            }
-        }
-        _ if ev.epoch > state.epoch => {
-            return Err(ApplyError::EpochWithoutCoordinator {
-                epoch: ev.epoch,
+        // A new reign must say which epoch it opens and must be newer than the last.
+        Event::CoordinatorChanged { epoch, .. } if *epoch != ev.epoch || *epoch <= state.epoch => {
+            Err(ApplyError::BadEpoch {
+                stamped: ev.epoch,
+                announced: *epoch,
                 current: state.epoch,
             })
         }
-        _ => {}
+        Event::CoordinatorChanged { .. } => Ok(()),
+        _ if ev.epoch > state.epoch => Err(ApplyError::EpochWithoutCoordinator {
+            epoch: ev.epoch,
+            current: state.epoch,
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn text(field: &'static str, s: &str) -> Result<(), ApplyError> {
@@ -311,7 +319,11 @@ fn check_event(state: &ClusterState, event: &Event) -> Result<(), ApplyError> {
             if state.instances.contains_key(id) {
                 return Err(ApplyError::DuplicateInstance(id.clone()));
             }
-            count("instances", state.instances.len() + 1, limits::MAX_INSTANCES)?;
+            count(
+                "instances",
+                state.instances.len() + 1,
+                limits::MAX_INSTANCES,
+            )?;
             if stages.is_empty() {
                 return Err(ApplyError::NoStages(id.clone()));
             }

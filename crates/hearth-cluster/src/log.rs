@@ -86,14 +86,16 @@ impl ReplayLog {
         // Entries are consecutive, so the index follows from the sequence number.
         let idx = (from_seq - first_seq) as usize;
         match self.entries.get(idx) {
-            Some(e) if e.event.seq == from_seq && e.prev_hash == have_hash => ReplayAnswer::Entries(
-                self.entries
-                    .iter()
-                    .skip(idx)
-                    .take(max_entries.max(1))
-                    .cloned()
-                    .collect(),
-            ),
+            Some(e) if e.event.seq == from_seq && e.prev_hash == have_hash => {
+                ReplayAnswer::Entries(
+                    self.entries
+                        .iter()
+                        .skip(idx)
+                        .take(max_entries.max(1))
+                        .cloned()
+                        .collect(),
+                )
+            }
             _ => ReplayAnswer::NotReplayable,
         }
     }

@@ -106,14 +106,18 @@ pub enum Output {
 /// The member's role in the protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Role {
-    Starting { until_ms: u64 },
+    Starting {
+        until_ms: u64,
+    },
     Follower,
     Candidate {
         since_ms: u64,
         /// Peers that answered that their history is not ours: not a catch-up source.
         excluded: BTreeSet<NodeId>,
     },
-    Coordinator { since_ms: u64 },
+    Coordinator {
+        since_ms: u64,
+    },
 }
 
 /// Things dropped, refused or ignored, for logs and `hearth cluster status`.
@@ -543,9 +547,9 @@ impl Member {
             Event::NodeJoined { .. }
             | Event::NodeLeft { .. }
             | Event::NodeTimedOut { .. }
-            | Event::CoordinatorChanged { .. } => Err(ProposeError::NotProposable {
-                kind: event.kind(),
-            }),
+            | Event::CoordinatorChanged { .. } => {
+                Err(ProposeError::NotProposable { kind: event.kind() })
+            }
             Event::InstancePlaced { .. } | Event::InstanceRemoved { .. } => {
                 if *proposer == self.cfg.id && self.is_acting_coordinator() {
                     Ok(())
@@ -688,7 +692,9 @@ impl Member {
         }
         if now_ms >= self.next_heartbeat_ms {
             self.next_heartbeat_ms = now_ms.saturating_add(self.cfg.heartbeat_ms);
-            out.push(Output::Broadcast(WireMessage::Heartbeat(self.heartbeat(now_ms))));
+            out.push(Output::Broadcast(WireMessage::Heartbeat(
+                self.heartbeat(now_ms),
+            )));
         }
     }
 

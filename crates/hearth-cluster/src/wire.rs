@@ -45,17 +45,31 @@ pub struct OrderedEntry {
 pub enum WireMessage {
     Heartbeat(Heartbeat),
     /// A fact for the coordinator to order.
-    Propose { event: Event },
+    Propose {
+        event: Event,
+    },
     /// Newly ordered events, broadcast by the coordinator.
-    Ordered { entries: Vec<OrderedEntry> },
+    Ordered {
+        entries: Vec<OrderedEntry>,
+    },
     /// "Send me the log from `from_seq`; my state before it hashes to `have_hash`."
-    CatchUp { from_seq: u64, have_hash: u64 },
+    CatchUp {
+        from_seq: u64,
+        have_hash: u64,
+    },
     /// Answer to `CatchUp` when the log still holds the requested range.
-    Replay { entries: Vec<OrderedEntry> },
+    Replay {
+        entries: Vec<OrderedEntry>,
+    },
     /// Answer to `CatchUp` when replay is impossible (too old, or another history).
-    Snapshot { state: ClusterState, hash: u64 },
+    Snapshot {
+        state: ClusterState,
+        hash: u64,
+    },
     /// Answer of a non-coordinator to a `CatchUp` it cannot serve with a replay.
-    Diverged { last_seq: u64 },
+    Diverged {
+        last_seq: u64,
+    },
     /// Graceful departure.
     Leaving,
 }

@@ -250,5 +250,8 @@ fn state_hash_is_canonical() {
     let c = build(vec![joined(0, 1), joined(2, 1), joined(1, 1)]);
     // Same members, different join order: joined_seq differs, and so must the hash.
     assert_ne!(a.state_hash(), c.state_hash());
-    assert_eq!(ClusterState::default().state_hash(), ClusterState::default().state_hash());
+    assert_eq!(
+        ClusterState::default().state_hash(),
+        ClusterState::default().state_hash()
+    );
 }

@@ -9,7 +9,10 @@ const ALL: [usize; 5] = [0, 1, 2, 3, 4];
 fn formed(seed: u64) -> Sim {
     let mut sim = Sim::started(5, seed);
     let took = sim.run_until(5_000, |s| s.group_agrees(&ALL));
-    assert!(took.is_some(), "seed {seed}: 5 nodes did not converge in 5 s");
+    assert!(
+        took.is_some(),
+        "seed {seed}: 5 nodes did not converge in 5 s"
+    );
     sim
 }
 
@@ -33,7 +36,10 @@ fn five_members_converge_within_five_seconds() {
         }
         // The membership stays put once formed.
         sim.run(5_000);
-        assert!(sim.group_agrees(&ALL), "seed {seed}: unstable after formation");
+        assert!(
+            sim.group_agrees(&ALL),
+            "seed {seed}: unstable after formation"
+        );
     }
 }
 
@@ -46,7 +52,10 @@ fn killed_member_is_removed_everywhere_within_ten_seconds() {
         let took = sim.run_until(10_000, |s| {
             s.alive().all(|(_, m)| !m.state().is_member(&node_id(3))) && s.group_agrees(&rest)
         });
-        assert!(took.is_some(), "seed {seed}: node-3 still present after 10 s");
+        assert!(
+            took.is_some(),
+            "seed {seed}: node-3 still present after 10 s"
+        );
     }
 }
 
@@ -75,7 +84,10 @@ fn killed_coordinator_is_replaced_and_the_log_continues_without_gaps() {
         sim.crash(0);
         let rest = [1, 2, 3, 4];
         let took = sim.run_until(10_000, |s| s.group_agrees(&rest));
-        assert!(took.is_some(), "seed {seed}: no new coordinator within 10 s");
+        assert!(
+            took.is_some(),
+            "seed {seed}: no new coordinator within 10 s"
+        );
         for (k, &i) in rest.iter().enumerate() {
             let m = sim.member(i);
             let log: Vec<&OrderedEntry> = m.log().collect();

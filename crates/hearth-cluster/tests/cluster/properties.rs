@@ -159,7 +159,11 @@ fn members_under_random_proposals_and_losses_end_identical() {
         for (_, m) in sim.alive() {
             for e in m.log() {
                 let prev = by_seq.entry(e.event.seq).or_insert(&e.event);
-                assert_eq!(*prev, &e.event, "seed {seed}: logs differ at {}", e.event.seq);
+                assert_eq!(
+                    *prev, &e.event,
+                    "seed {seed}: logs differ at {}",
+                    e.event.seq
+                );
             }
         }
         assert!(sim.state(0).telemetry.len() + sim.state(0).links.len() > 0);

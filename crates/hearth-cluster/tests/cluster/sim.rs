@@ -256,7 +256,7 @@ impl Sim {
                     );
                 }
             }
-            if self.now % self.tick_ms == 0 {
+            if self.now.is_multiple_of(self.tick_ms) {
                 for i in 0..self.nodes.len() {
                     self.input(i, Input::Tick);
                 }
@@ -315,9 +315,5 @@ impl Sim {
         }) && want_coord
             .and_then(|c| group.iter().find(|&&i| node_id(i) == c))
             .is_some_and(|&c| self.member(c).is_acting_coordinator())
-    }
-
-    pub fn running(&self) -> Vec<usize> {
-        self.alive().map(|(i, _)| i).collect()
     }
 }
