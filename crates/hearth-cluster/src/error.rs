@@ -90,8 +90,6 @@ pub enum ProposeError {
     },
     #[error("only the coordinator decides `{kind}`")]
     CoordinatorOnly { kind: &'static str },
-    #[error("proposer {0} is not a member")]
-    NotMember(NodeId),
     #[error("the event does not apply to the current state: {0}")]
     Invalid(#[from] ApplyError),
     #[error("proposal queue is full ({max}); the oldest proposal was dropped")]

@@ -5,5 +5,6 @@
 mod apply;
 mod faults;
 mod properties;
+mod replay;
 mod sim;
 mod wire;
