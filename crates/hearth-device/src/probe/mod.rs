@@ -6,6 +6,10 @@
 //! driver, no tool, another OS) returns nothing and no warning; a probe whose platform is
 //! present but answers nonsense returns a [`ProbeWarning`] that names the source.
 
+pub mod amd;
+pub mod command;
+pub mod nvidia;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -151,8 +155,10 @@ impl Discovery {
 
 /// Runs every probe compiled for this platform.
 pub fn discover() -> Discovery {
-    // Platform probes register themselves here as they land.
-    Discovery::default()
+    let mut found = Discovery::default();
+    found.absorb("nvidia", nvidia::probe());
+    found.absorb("amd", amd::probe());
+    found
 }
 
 /// `free` when the source reports it, else `total`: the budget a planner may hand out.

@@ -1,9 +1,12 @@
 //! hearth-device tests: the thermal model's closed forms and fit, the governor on a simulated
 //! device read through a fake sysfs tree, the battery policy, and sysfs parsing; CPU probing
-//! from `/proc` fixtures, the micro-benchmarks and the measurement registry.
+//! from `/proc` fixtures, the micro-benchmarks and the measurement registry; the NVIDIA and AMD
+//! probes against captured `nvidia-smi`, `rocm-smi` and amdgpu sysfs outputs.
 
+mod amd;
 mod bench;
 mod cpu;
+mod nvidia;
 mod registry;
 mod sim;
 mod telemetry;
