@@ -310,3 +310,32 @@ fn no_driver_means_no_devices_and_no_warning() {
     assert!(found.devices.iter().all(|d| d.vendor != "NVIDIA"));
     assert_eq!(nvidia::nvml::COMPILED, cfg!(feature = "nvml"));
 }
+
+#[test]
+fn tools_are_run_with_a_deadline_and_a_size_cap() {
+    use hearth_device::probe::command::{run, CommandError};
+    use std::time::{Duration, Instant};
+    let t = Duration::from_secs(5);
+    assert!(matches!(run("hearth-no-such-tool", &[], t, 64), Ok(None)));
+    assert_eq!(
+        run("echo", &["hello"], t, 64).expect("runs").as_deref(),
+        Some("hello\n")
+    );
+    assert!(matches!(
+        run("echo", &["hello"], t, 3),
+        Err(CommandError::TooLong { limit: 3, .. })
+    ));
+    assert!(matches!(
+        run("sh", &["-c", "exit 3"], t, 64),
+        Err(CommandError::Failed { .. })
+    ));
+    let start = Instant::now();
+    assert!(matches!(
+        run("sleep", &["30"], Duration::from_millis(200), 64),
+        Err(CommandError::TimedOut { .. })
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "killed at the deadline"
+    );
+}
