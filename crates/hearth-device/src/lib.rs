@@ -5,7 +5,9 @@
 //! keeps a device below its threshold by predicting where the temperature is heading
 //! ([`thermal::governor`]), and the sysfs reader that feeds it ([`thermal::sysfs`]).
 //! Live telemetry of the CPU ([`telemetry`]) samples memory, utilisation, temperature, power,
-//! battery and throttling on a background thread into a bounded channel.
+//! battery and throttling on a background thread into a bounded channel. GPU probes
+//! ([`probe::nvidia`]: NVML or nvidia-smi; [`probe::amd`]: amdgpu sysfs and rocm-smi) describe
+//! other devices as [`Accelerator`]s.
 //! Everything here is pure except the sysfs and telemetry readers, which only read the files
 //! they are pointed at.
 

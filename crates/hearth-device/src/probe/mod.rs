@@ -6,13 +6,17 @@
 //! driver, no tool, another OS) returns nothing and no warning; a probe whose platform is
 //! present but answers nonsense returns a [`ProbeWarning`] that names the source.
 
+pub mod amd;
+pub mod command;
+pub mod nvidia;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod android;
 pub mod apple;
-pub mod windows;
 pub mod vulkan;
+pub mod windows;
 
 /// What a device can run hearth's layers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -156,8 +160,9 @@ impl Discovery {
 
 /// Runs every probe compiled for this platform.
 pub fn discover() -> Discovery {
-    // Platform probes register themselves here as they land.
     let mut found = Discovery::default();
+    found.absorb("nvidia", nvidia::probe());
+    found.absorb("amd", amd::probe());
     found.absorb("vulkan", vulkan::probe());
     #[cfg(target_os = "macos")]
     found.absorb("metal", apple::probe());

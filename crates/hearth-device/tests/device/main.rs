@@ -1,12 +1,14 @@
 //! hearth-device tests: the thermal model's closed forms and fit, the governor on a simulated
 //! device read through a fake sysfs tree, the battery policy, and sysfs parsing; CPU probing
-//! from `/proc` fixtures, the micro-benchmarks and the measurement registry; the Metal,
-//! DirectML and Android SoC probes on captured outputs.
+//! from `/proc` fixtures, the micro-benchmarks and the measurement registry; the NVIDIA, AMD,
+//! Metal, DirectML, Android and Vulkan probes on captured outputs.
 
+mod amd;
 mod android;
 mod apple;
 mod bench;
 mod cpu;
+mod nvidia;
 mod registry;
 mod sim;
 mod telemetry;
