@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use hearth_device::bench::{self, BenchConfig};
 use hearth_device::telemetry::{Sample, Sampler, TelemetryConfig};
-use hearth_device::{cpu, Lookup, Registry};
+use hearth_device::{cpu, probe, Accelerator, Lookup, Registry};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -39,15 +39,22 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
     if args.watch {
         return watch(args.period_ms, args.samples);
     }
-    let lookup = measured_cpu(args.remeasure)?;
     let declared = args
         .device_profile
         .as_deref()
         .map(Declared::load)
         .transpose()?;
+    let lookup = measured_cpu(args.remeasure)?;
     let devices = [lookup];
+    let found = probe::discover();
+    for w in &found.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         let mut list: Vec<_> = devices.iter().map(device_json).collect();
+        for a in &found.devices {
+            list.push(serde_json::to_value(a)?);
+        }
         list.extend(declared.iter().map(Declared::json));
         println!(
             "{}",
@@ -55,11 +62,55 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
         );
     } else {
         print_table(&devices);
+        found.devices.iter().for_each(print_accelerator);
         if let Some(d) = &declared {
             print_declared(d);
         }
     }
     Ok(())
+}
+
+fn print_accelerator(a: &Accelerator) {
+    let join = |items: Vec<&str>| items.join(", ");
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "n/a".to_string());
+    let r = &a.reading;
+    let mut rows = vec![
+        ("id", a.id.clone()),
+        ("name", format!("{} ({}, {:?})", a.name, a.vendor, a.kind)),
+        ("backend", join(a.backends.iter().map(|b| b.as_str()).collect())),
+        (
+            "precisions",
+            join(a.precisions.iter().map(|p| p.as_str()).collect()),
+        ),
+        (
+            "memory",
+            format!(
+                "{} total, {} budget",
+                gib(a.memory_total_bytes),
+                gib(a.memory_budget_bytes)
+            ),
+        ),
+        ("arch", opt(&a.architecture)),
+        ("driver", opt(&a.driver_version)),
+        ("runtime", opt(&a.runtime_version)),
+    ];
+    let reading: Vec<String> = [
+        r.temperature_c.map(|c| format!("{c:.0} °C")),
+        r.power_w.map(|w| format!("{w:.0} W")),
+        r.utilisation.map(|u| format!("{:.0} % busy", 100.0 * u)),
+        r.battery_level.map(|b| format!("battery {:.0} %", 100.0 * b)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !reading.is_empty() {
+        rows.push(("now", reading.join(", ")));
+    }
+    rows.push(("found by", a.source.clone()));
+    for (k, v) in rows {
+        println!("{k:<11} {v}");
+    }
+    println!();
 }
 
 fn print_declared(d: &Declared) {
