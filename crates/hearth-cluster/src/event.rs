@@ -16,8 +16,8 @@ use crate::state::{
 pub struct LinkMeasurement {
     pub rtt_p50_ms: f64,
     pub rtt_p95_ms: f64,
-    pub throughput_mbps: f64,
-    pub loss: f64,
+    pub throughput_mbps: Option<f64>,
+    pub loss: Option<f64>,
 }
 
 /// A fact about the cluster. Members propose the facts about themselves; the coordinator
@@ -220,7 +220,7 @@ fn check_device(d: &DeviceSummary) -> Result<(), ApplyError> {
     for b in &d.backends {
         text("device.backends", b)?;
     }
-    figure("device.bandwidth_gbps", d.bandwidth_gbps, f64::MAX)?;
+    figure("device.bandwidth_gbs", d.bandwidth_gbs, f64::MAX)?;
     figure("device.tflops", d.tflops, f64::MAX)?;
     figure("device.thermal_headroom", d.thermal_headroom, 1.0)
 }
@@ -303,8 +303,12 @@ fn check_event(state: &ClusterState, event: &Event) -> Result<(), ApplyError> {
             }
             figure("link.rtt_p50_ms", stats.rtt_p50_ms, f64::MAX)?;
             figure("link.rtt_p95_ms", stats.rtt_p95_ms, f64::MAX)?;
-            figure("link.throughput_mbps", stats.throughput_mbps, f64::MAX)?;
-            figure("link.loss", stats.loss, 1.0)?;
+            if let Some(t) = stats.throughput_mbps {
+                figure("link.throughput_mbps", t, f64::MAX)?;
+            }
+            if let Some(l) = stats.loss {
+                figure("link.loss", l, 1.0)?;
+            }
         }
         Event::RefusalCounts { node, counts } => {
             member(state, node)?;

@@ -67,10 +67,15 @@ pub struct DeviceSummary {
     pub memory_total_bytes: u64,
     /// What hearth may use on this device (the declared limit or the probed free memory).
     pub memory_budget_bytes: u64,
-    pub bandwidth_gbps: f64,
+    /// Memory bandwidth, GB/s (decode is bound by it); 0 until measured.
+    pub bandwidth_gbs: f64,
+    /// Dense throughput, TFLOP/s (prefill is bound by it); 0 until measured.
     pub tflops: f64,
     /// 1.0 = cool, 0.0 = at its thermal limit.
     pub thermal_headroom: f64,
+    /// The figures come from a device profile the node stands in for, not from a probe.
+    #[serde(default)]
+    pub declared: bool,
 }
 
 /// Latest live figures of one device.
@@ -96,9 +101,10 @@ pub struct DeviceTelemetry {
 pub struct LinkStats {
     pub rtt_p50_ms: f64,
     pub rtt_p95_ms: f64,
-    pub throughput_mbps: f64,
-    /// Fraction of probes lost, 0.0–1.0.
-    pub loss: f64,
+    /// `None` until the first timed transfer completed.
+    pub throughput_mbps: Option<f64>,
+    /// Fraction of probes lost, 0.0–1.0; `None` until the first loss round completed.
+    pub loss: Option<f64>,
     /// The coordinator's clock when it ordered the measurement.
     pub measured_ms: u64,
 }

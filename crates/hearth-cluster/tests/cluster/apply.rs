@@ -133,8 +133,8 @@ fn events_about_unknown_nodes_are_refused() {
             stats: LinkMeasurement {
                 rtt_p50_ms: 1.0,
                 rtt_p95_ms: 2.0,
-                throughput_mbps: 100.0,
-                loss: 0.0,
+                throughput_mbps: Some(100.0),
+                loss: Some(0.0),
             },
         },
     ] {
@@ -185,8 +185,8 @@ fn rejoin_replaces_the_entry_and_removal_cascades() {
     let link = LinkMeasurement {
         rtt_p50_ms: 1.0,
         rtt_p95_ms: 2.0,
-        throughput_mbps: 100.0,
-        loss: 0.0,
+        throughput_mbps: Some(100.0),
+        loss: Some(0.0),
     };
     let s = build(vec![
         joined(0, 1),

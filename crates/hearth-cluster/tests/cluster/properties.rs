@@ -36,14 +36,14 @@ fn random_event(rng: &mut Rng, node_count: usize, any_subject: bool) -> (usize, 
             stats: LinkMeasurement {
                 rtt_p50_ms: rng.unit() * 10.0,
                 rtt_p95_ms: rng.unit() * 20.0,
-                throughput_mbps: rng.unit() * 1000.0,
+                throughput_mbps: Some(rng.unit() * 1000.0),
                 // Now and then out of range: the coordinator must refuse it for everyone.
-                loss: rng.unit() * 1.1,
+                loss: Some(rng.unit() * 1.1),
             },
         },
         2 => {
             let mut d = device(subject);
-            d.bandwidth_gbps = rng.unit() * 50.0;
+            d.bandwidth_gbs = rng.unit() * 50.0;
             Event::DeviceInfo {
                 node: node_id(subject),
                 devices: vec![d],

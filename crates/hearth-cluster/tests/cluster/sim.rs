@@ -77,9 +77,10 @@ pub fn device(i: usize) -> DeviceSummary {
         backends: vec!["cpu".into()],
         memory_total_bytes: 16 << 30,
         memory_budget_bytes: 8 << 30,
-        bandwidth_gbps: 20.0 + i as f64,
+        bandwidth_gbs: 20.0 + i as f64,
         tflops: 0.5,
         thermal_headroom: 1.0,
+        declared: false,
     }
 }
 
