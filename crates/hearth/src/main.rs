@@ -2,6 +2,7 @@
 //! arguments, wires them together and reports errors in one line.
 
 mod cli;
+mod node;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +29,11 @@ enum Command {
     Place(cli::place::PlaceArgs),
     /// List this node's compute devices with measured figures.
     Devices(cli::devices::DevicesArgs),
+    /// Start a node: join (or found) a cluster and serve the API.
+    Up(cli::up::UpArgs),
+    /// Inspect the cluster this node belongs to.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Download and list models.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Place(args) => cli::place::run(args),
         Command::Devices(args) => cli::devices::run(args),
+        Command::Up(args) => cli::up::run(args),
+        Command::Cluster(cmd) => cli::cluster::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

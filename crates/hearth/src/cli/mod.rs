@@ -1,5 +1,5 @@
 pub mod bench;
-mod declared;
+pub mod declared;
 pub mod devices;
 mod load;
 pub mod logprobs;
@@ -8,3 +8,5 @@ pub mod place;
 mod progress;
 pub mod run;
 pub mod tokenize;
+pub mod up;
+pub mod cluster;

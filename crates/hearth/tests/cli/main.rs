@@ -6,6 +6,7 @@
 //! `<workspace>/../shared`). A missing file is a failure, never a skip.
 
 mod bad_input;
+mod cluster;
 mod devices;
 mod place;
 mod reference;

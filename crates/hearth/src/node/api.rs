@@ -1,0 +1,47 @@
+//! The node's HTTP server. Cluster admin endpoints for now; the OpenAI-compatible API joins
+//! them here.
+
+use super::view::SharedView;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub fn router(view: SharedView) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/cluster", get(cluster))
+        .route("/api/cluster/log", get(cluster_log))
+        .with_state(view)
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": {"message": "node state unavailable", "type": "server_error"}})),
+    )
+        .into_response()
+}
+
+async fn health(State(view): State<SharedView>) -> Response {
+    match view.read() {
+        Ok(v) => Json(json!({"status": "ok", "node": v.node_id})).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn cluster(State(view): State<SharedView>) -> Response {
+    match view.read() {
+        Ok(v) => Json(v.cluster_json()).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn cluster_log(State(view): State<SharedView>) -> Response {
+    match view.read() {
+        Ok(v) => Json(v.log_json()).into_response(),
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,221 @@
+//! The node loop: network events and a timer in, cluster-member inputs; member outputs out,
+//! network sends. One task owns the member, so its state needs no lock; readers get a copy
+//! through the shared [`View`].
+
+use super::view::{Refusal, SharedView, View};
+use hearth_cluster::{Event, Input, LinkMeasurement, Member, NodeId, Output, Role};
+use hearth_net::{NetEvent, NetHandle, PeerId};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Milliseconds since the Unix epoch: the clock the member and the state's timestamps use.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Local facts fed into the loop from other tasks (device measurement, telemetry sampler).
+#[derive(Debug)]
+pub enum LocalFact {
+    Propose(Event),
+}
+
+pub struct Driver {
+    pub member: Member,
+    pub net: NetHandle,
+    pub view: SharedView,
+    /// How often the member is ticked; at most half its heartbeat.
+    pub tick: Duration,
+    /// How often this node's refusal counters are republished when they changed.
+    pub refusal_report: Duration,
+}
+
+impl Driver {
+    /// Runs until `shutdown` fires, then says goodbye to the cluster.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut facts: mpsc::Receiver<LocalFact>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_refusals: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_refusal_report = 0u64;
+        loop {
+            let input = tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.net_input(ev),
+                    None => break,
+                },
+                fact = facts.recv() => match fact {
+                    Some(LocalFact::Propose(e)) => Some(Input::Propose(e)),
+                    None => None,
+                },
+                _ = tick.tick() => Some(Input::Tick),
+                _ = shutdown.changed() => break,
+            };
+            let now = now_ms();
+            if let Some(input) = input {
+                let outputs = self.member.handle(input, now);
+                self.dispatch(outputs);
+            }
+            if now.saturating_sub(last_refusal_report) >= self.refusal_report.as_millis() as u64 {
+                last_refusal_report = now;
+                let counts = refusal_counts(&self.net.counters());
+                if counts != last_refusals {
+                    last_refusals = counts.clone();
+                    let node = self.member.id().clone();
+                    let outputs = self
+                        .member
+                        .handle(Input::Propose(Event::RefusalCounts { node, counts }), now);
+                    self.dispatch(outputs);
+                }
+            }
+            self.publish(now);
+        }
+        let outputs = self.member.handle(Input::Leave, now_ms());
+        self.dispatch(outputs);
+        // Give the goodbye a moment to leave before the connections close.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.net.shutdown().await;
+    }
+
+    fn net_input(&mut self, ev: NetEvent) -> Option<Input> {
+        match ev {
+            NetEvent::PeerAdmitted { peer, name, addrs } => {
+                tracing::info!(%peer, %name, "peer admitted");
+                Some(Input::PeerUp {
+                    id: node_id(&peer),
+                    name,
+                    addresses: addrs.iter().map(|a| a.to_string()).collect(),
+                })
+            }
+            NetEvent::PeerLost { peer } => Some(Input::PeerDown(node_id(&peer))),
+            NetEvent::Message { from, bytes, .. } => Some(Input::Bytes {
+                from: node_id(&from),
+                bytes,
+            }),
+            NetEvent::Refused { peer, addr, reason } => {
+                tracing::warn!(%peer, addr = ?addr.as_ref().map(|a| a.to_string()), %reason, "peer refused");
+                if let Ok(mut v) = self.view.write() {
+                    v.record_refusal(Refusal {
+                        at_ms: now_ms(),
+                        peer: peer.to_string(),
+                        addr: addr.map(|a| a.to_string()),
+                        reason,
+                    });
+                }
+                None
+            }
+            NetEvent::LinkMeasured {
+                peer,
+                rtt_p50_ms,
+                rtt_p95_ms,
+                throughput_mbps,
+                loss,
+            } => Some(Input::Propose(Event::LinkMeasured {
+                from: self.member.id().clone(),
+                to: node_id(&peer),
+                stats: LinkMeasurement {
+                    rtt_p50_ms,
+                    rtt_p95_ms,
+                    throughput_mbps,
+                    loss,
+                },
+            })),
+            NetEvent::Listening { addr } => {
+                tracing::info!(%addr, "listening");
+                if let Ok(mut v) = self.view.write() {
+                    v.listen.push(addr.to_string());
+                }
+                None
+            }
+            // Data streams carry tensors for serving; nothing here reads them yet.
+            NetEvent::Stream { .. } => None,
+        }
+    }
+
+    fn dispatch(&self, outputs: Vec<Output>) {
+        for out in outputs {
+            match out {
+                Output::Broadcast(msg) => match self.member.encode(&msg) {
+                    Ok(bytes) => {
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = net.broadcast(bytes).await {
+                                tracing::debug!(error = %e, "broadcast not sent");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "message not encodable"),
+                },
+                Output::Send { to, msg } => {
+                    let Ok(peer) = to.as_str().parse::<PeerId>() else {
+                        tracing::warn!(%to, "not a peer id");
+                        continue;
+                    };
+                    match self.member.encode(&msg) {
+                        Ok(bytes) => {
+                            let net = self.net.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = net.send(peer, bytes).await {
+                                    tracing::debug!(%peer, error = %e, "direct message not sent");
+                                }
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "message not encodable"),
+                    }
+                }
+                Output::StateChanged => {}
+                Output::Refused(e) => tracing::debug!(error = %e, "proposal refused"),
+            }
+        }
+    }
+
+    fn publish(&self, now: u64) {
+        let Ok(mut v) = self.view.write() else {
+            return;
+        };
+        let m = &self.member;
+        v.state = m.state().clone();
+        v.state_hash = m.state_hash();
+        v.coordinator = Some(m.coordinator(now));
+        v.role = role_name(m.role()).to_string();
+        v.live_peers = m.live_peers(now).iter().map(|p| p.to_string()).collect();
+        v.net = self.net.counters();
+        v.cluster = m.counters().clone();
+        v.log = m
+            .log()
+            .map(|e| (e.event.seq, e.event.epoch, e.event.event.kind()))
+            .collect();
+    }
+}
+
+fn node_id(peer: &PeerId) -> NodeId {
+    NodeId(peer.to_string())
+}
+
+fn role_name(r: &Role) -> &'static str {
+    match r {
+        Role::Starting { .. } => "starting",
+        Role::Follower => "follower",
+        Role::Candidate { .. } => "candidate",
+        Role::Coordinator { .. } => "coordinator",
+    }
+}
+
+fn refusal_counts(c: &hearth_net::Counters) -> BTreeMap<String, u64> {
+    [
+        ("admission", c.refused_admission),
+        ("malformed", c.dropped_malformed),
+        ("oversized", c.dropped_oversized),
+        ("unadmitted", c.dropped_unadmitted),
+    ]
+    .into_iter()
+    .filter(|&(_, n)| n > 0)
+    .map(|(k, n)| (k.to_string(), n))
+    .collect()
+}

@@ -1,0 +1,11 @@
+//! A running node: the peer layer (`hearth-net`), the replicated cluster state
+//! (`hearth-cluster`) and the HTTP API, wired together on one tokio runtime.
+//!
+//! [`driver`] is the loop that turns network events and a timer into inputs of the cluster
+//! member and its outputs into network sends; [`view`] is what the loop publishes for the API;
+//! [`api`] serves it.
+
+pub mod api;
+pub mod driver;
+pub mod facts;
+pub mod view;

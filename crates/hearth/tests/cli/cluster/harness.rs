@@ -1,0 +1,235 @@
+//! Nodes as child processes: `hearth up` with its API on an ephemeral loopback port, read back
+//! from the line the node prints when it starts.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "hearth-test-cluster-key";
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hearth-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub api: String,
+    pub id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `hearth up` and waits for it to print its id and API address.
+    pub fn start(name: &str, data_dir: &Path, shared_home: &Path, extra: &[&str]) -> Node {
+        Node::start_with(Command::new(env!("CARGO_BIN_EXE_hearth")), name, data_dir, shared_home, extra)
+    }
+
+    /// As [`Node::start`], through a prepared command (e.g. `ip netns exec NS hearth`).
+    pub fn start_with(
+        mut cmd: Command,
+        name: &str,
+        data_dir: &Path,
+        shared_home: &Path,
+        extra: &[&str],
+    ) -> Node {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.join("node.log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .args(["up", "--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            // One device registry for every node: measured once, before the nodes start.
+            .env("XDG_DATA_HOME", shared_home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("hearth up starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("hearth up prints its address");
+        let parse = || -> Option<(String, String)> {
+            let id = line.strip_prefix("hearth node ")?.split_whitespace().next()?;
+            let api = line.rsplit("http://").next()?.trim();
+            Some((id.to_string(), api.to_string()))
+        };
+        let Some((id, api)) = parse() else {
+            let _ = child.kill();
+            panic!(
+                "hearth up printed {line:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Node {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            api,
+            id,
+            child,
+            log,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<Value> {
+        get(&self.api, "/api/cluster")
+    }
+
+    /// The first address this node listens on, once it reports one.
+    pub fn listen_addr(&self, proto: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(v) = self.cluster() {
+                if let Some(a) = v["node"]["listen"]
+                    .as_array()
+                    .and_then(|l| l.iter().filter_map(|a| a.as_str()).find(|a| a.contains(proto)))
+                {
+                    return a.to_string();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} reported no {proto} listen address; log:\n{}", self.name, self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no goodbye, like a crash or a pulled plug.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn get(api: &str, path: &str) -> Option<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let body = agent
+        .get(format!("http://{api}{path}"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// Member ids a node's state lists, sorted.
+pub fn members(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Polls until `ok` holds for what every node reports, or `limit` passes; returns the time it
+/// took, or panics with what each node last reported.
+pub fn wait_until(
+    nodes: &[&Node],
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < limit {
+        last = nodes.iter().map(|n| n.cluster().unwrap_or(Value::Null)).collect();
+        if ok(&last) {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut report = format!("not within {limit:?}: {what}\n");
+    for (n, v) in nodes.iter().zip(&last) {
+        report += &format!(
+            "--- {} ({}): members {:?}, coordinator {}, seq {}\n{}\n",
+            n.name,
+            n.id,
+            members(v),
+            v["coordinator"],
+            v["last_seq"],
+            n.log().lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    panic!("{report}");
+}
+
+/// Every node lists exactly `ids` and names the same coordinator, one of them.
+pub fn agree_on(ids: &[String]) -> impl Fn(&[Value]) -> bool + '_ {
+    move |views: &[Value]| {
+        let mut want = ids.to_vec();
+        want.sort();
+        let first = &views[0]["coordinator"];
+        views.iter().all(|v| {
+            members(v) == want
+                && v["coordinator"] == *first
+                && v["state_coordinator"] == *first
+                && first.as_str().is_some_and(|c| want.iter().any(|w| w == c))
+        })
+    }
+}
+
+/// Measures this machine once into `home`, so nodes sharing it start without measuring.
+pub fn measured_home() -> TempDir {
+    let home = TempDir::new("cluster-home");
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["devices", "--json"])
+        .env("XDG_DATA_HOME", &home.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    home
+}
