@@ -645,10 +645,7 @@ impl Node {
                     instance: info.instance,
                 },
             );
-            match prev {
-                Some(p) if p.instance == info.instance => false,
-                _ => true,
-            }
+            !matches!(prev, Some(p) if p.instance == info.instance)
         };
         for t in &mut self.targets {
             if t.peer == Some(peer) {

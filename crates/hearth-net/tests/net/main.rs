@@ -175,7 +175,7 @@ async fn wrong_key_is_refused_by_every_member_and_never_heard() {
     let mut nodes = star(&key, 3, "wk").await;
     mesh(&mut nodes).await;
     let peers: Vec<Multiaddr> = nodes.iter().map(addr).collect();
-    let mut bad = node("wk-bad", &ClusterKey::generate(), peers, true).await;
+    let bad = node("wk-bad", &ClusterKey::generate(), peers, true).await;
     let bad_id = bad.h.local_id();
     for n in nodes.iter_mut() {
         until(
@@ -421,6 +421,8 @@ async fn bench_4k_stream_latency() {
                 }
             }
         });
+        // The greeting that announced the stream comes back first.
+        assert_eq!(s.recv().await.unwrap().unwrap(), b"hi");
         let msg = vec![0xA5u8; 4096];
         let mut samples = Vec::new();
         for i in 0..3000 {
