@@ -276,7 +276,7 @@ fn spawn_telemetry(
             (None, Ok(info)) => info.device_id(),
             (None, Err(_)) => return,
         };
-        while let Ok(s) = sampler.recv() {
+        while let Some(s) = sampler.recv() {
             let t = facts::telemetry(&device, &s, declared.as_deref(), now_ms());
             let event = Event::Telemetry {
                 node: node.clone(),

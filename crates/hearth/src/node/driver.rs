@@ -2,7 +2,7 @@
 //! network sends. One task owns the member, so its state needs no lock; readers get a copy
 //! through the shared [`View`].
 
-use super::view::{Refusal, SharedView, View};
+use super::view::{Refusal, SharedView};
 use hearth_cluster::{Event, Input, LinkMeasurement, Member, NodeId, Output, Role};
 use hearth_net::{NetEvent, NetHandle, PeerId};
 use std::collections::BTreeMap;
