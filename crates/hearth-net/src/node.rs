@@ -33,6 +33,7 @@ pub const MSG_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/msg/1");
 const TICK: Duration = Duration::from_millis(100);
 /// Consecutive ping failures after which an admitted peer's connections are closed.
 const MAX_PING_FAILURES: u32 = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(100);
 
 pub(crate) enum Command {
     Broadcast(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
@@ -85,6 +86,8 @@ struct DialTarget {
     addr: Multiaddr,
     peer: Option<PeerId>,
     connected: bool,
+    /// A dial in flight; no second dial is started until it resolves.
+    dialing: Option<ConnectionId>,
     next: Instant,
     backoff: Duration,
 }
@@ -253,6 +256,7 @@ pub async fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent
             addr: a.clone(),
             peer: peer_of(a),
             connected: false,
+            dialing: None,
             next: now,
             backoff: limits.initial_backoff,
         })
@@ -419,7 +423,7 @@ impl Node {
         }
         for i in 0..self.targets.len() {
             let t = &mut self.targets[i];
-            if t.connected || t.next > now {
+            if t.connected || t.dialing.is_some() || t.next > now {
                 continue;
             }
             t.next = now + t.backoff;
@@ -430,8 +434,10 @@ impl Node {
                 Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
                 None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
             };
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%addr, error = %e, "dial failed");
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.targets[i].dialing = Some(id),
+                Err(e) => tracing::debug!(%addr, error = %e, "dial failed"),
             }
         }
     }
@@ -455,6 +461,18 @@ impl Node {
                 }
                 if num_established == 0 {
                     self.on_disconnected(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                for t in &mut self.targets {
+                    if t.dialing == Some(connection_id) {
+                        t.dialing = None;
+                        tracing::debug!(addr = %t.addr, %error, "dial failed");
+                    }
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -548,33 +566,38 @@ impl Node {
         // The dialer proves first on every new connection, including a second one from a
         // known peer: that is how a restarted process (new instance id) is noticed.
         if endpoint.is_dialer() {
-            let control = self.control.clone();
-            let key = self.cfg.cluster_key.clone();
-            let (local, info, tx) = (
-                self.shared.local,
-                self.info.clone(),
-                self.internal_tx.clone(),
-            );
-            let timeout = self.cfg.limits.admission_timeout;
-            tokio::spawn(async move {
-                let r = tokio::time::timeout(timeout, async {
-                    let mut s = control
-                        .clone()
-                        .open_stream(peer, admission::PROTOCOL)
-                        .await
-                        .map_err(|e| AdmitError::Open(e.to_string()))?;
-                    admission::initiate(&mut s, &key, &local, &peer, &info).await
-                })
-                .await
-                .unwrap_or(Err(AdmitError::Timeout));
-                let _ = tx
-                    .send(match r {
-                        Ok(info) => Internal::Admitted { peer, info },
-                        Err(err) => Internal::AdmitFailed { peer, err },
-                    })
-                    .await;
-            });
+            self.start_handshake(peer, Duration::ZERO);
         }
+    }
+
+    fn start_handshake(&self, peer: PeerId, delay: Duration) {
+        let control = self.control.clone();
+        let key = self.cfg.cluster_key.clone();
+        let (local, info, tx) = (
+            self.shared.local,
+            self.info.clone(),
+            self.internal_tx.clone(),
+        );
+        let timeout = self.cfg.limits.admission_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let r = tokio::time::timeout(timeout, async {
+                let mut s = control
+                    .clone()
+                    .open_stream(peer, admission::PROTOCOL)
+                    .await
+                    .map_err(|e| AdmitError::Open(e.to_string()))?;
+                admission::initiate(&mut s, &key, &local, &peer, &info).await
+            })
+            .await
+            .unwrap_or(Err(AdmitError::Timeout));
+            let _ = tx
+                .send(match r {
+                    Ok(info) => Internal::Admitted { peer, info },
+                    Err(err) => Internal::AdmitFailed { peer, err },
+                })
+                .await;
+        });
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
@@ -610,19 +633,24 @@ impl Node {
         match i {
             Internal::Admitted { peer, info } => self.admit(peer, info),
             Internal::AdmitFailed { peer, err } => {
-                let fatal = matches!(
+                // Only a wrong answer (or walking away from the handshake) proves anything
+                // against the peer. Transport trouble, such as one of two parallel connections
+                // closing mid-handshake, is left to the admission deadline, which still refuses
+                // a peer that never completes.
+                let proof_failed = matches!(
                     err,
                     AdmitError::BadProof
                         | AdmitError::Closed
                         | AdmitError::Version(_)
-                        | AdmitError::Frame(_)
+                        | AdmitError::Frame(FrameError::Malformed(_) | FrameError::TooLarge { .. })
                 );
-                if self.shared.is_admitted(&peer) && !fatal {
-                    // A repeat handshake on an extra connection to an admitted peer went
-                    // nowhere (often a stale connection); the peer stays admitted.
-                    tracing::debug!(%peer, error = %err, "repeat admission failed");
-                } else if self.swarm.is_connected(&peer) {
+                // Counted even when the peer has already hung up: the attempt was real.
+                if proof_failed {
                     self.refuse(peer, err.to_string());
+                } else if self.pending.contains_key(&peer) && self.swarm.is_connected(&peer) {
+                    // Try again over whatever connection is left; the deadline bounds this.
+                    tracing::debug!(%peer, error = %err, "admission attempt did not complete, retrying");
+                    self.start_handshake(peer, RETRY_DELAY);
                 }
             }
         }

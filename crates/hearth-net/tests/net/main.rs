@@ -118,7 +118,11 @@ async fn mesh(nodes: &mut [Node]) {
             nodes.iter().map(|n| n.h.peers().len()).collect::<Vec<_>>()
         );
         for n in nodes.iter_mut() {
-            while n.rx.try_recv().is_ok() {}
+            while let Ok(ev) = n.rx.try_recv() {
+                if let NetEvent::Refused { reason, .. } = ev {
+                    eprintln!("REFUSED {reason}");
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
