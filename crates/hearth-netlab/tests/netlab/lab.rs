@@ -398,7 +398,11 @@ fn lab_drop_removes_everything_also_after_a_panic() {
 
 #[test]
 fn lab_new_removes_stale_leftovers_and_refuses_a_live_owner() {
-    let Some(first) = lab("lab_new_removes_stale_leftovers", "nlstale", 1) else {
+    let Some(first) = lab(
+        "lab_new_removes_stale_leftovers_and_refuses_a_live_owner",
+        "nlstale",
+        1,
+    ) else {
         return;
     };
     // A second lab with a live owner's prefix must not tear the first one down.
