@@ -135,6 +135,15 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Shutdown)?
     }
 
+    /// Keeps a connection to the peer at `addr` (which should end in `/p2p/<id>`): dialled with
+    /// backoff now and after every loss, like a `--peer`. For addresses learnt from members.
+    pub async fn add_peer(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.cmd
+            .send(Command::AddPeer(addr))
+            .await
+            .map_err(|_| NetError::Shutdown)
+    }
+
     /// Sends one small message directly to an admitted peer over its own short-lived stream.
     pub async fn send(&self, to: PeerId, bytes: Vec<u8>) -> Result<(), NetError> {
         let limit = self.shared.limits.max_message_bytes;

@@ -37,6 +37,9 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 
 pub(crate) enum Command {
     Broadcast(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
+    /// Dial this address (with its `/p2p/` id) like a listed peer: with backoff, and again
+    /// after the connection is lost. Ignored when a target with the same address exists.
+    AddPeer(Multiaddr),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -79,6 +82,10 @@ impl Shared {
         }
     }
 }
+
+/// Dial targets beyond the listed peers (addresses learnt from the cluster state) are capped
+/// so that a peer advertising many addresses cannot make this node dial without end.
+const MAX_TARGETS: usize = 1024;
 
 /// A `peers` entry: dialled until connected, with doubling delay; the delay resets only once
 /// the peer is admitted, so a peer that keeps failing admission is tried ever more rarely.
@@ -387,6 +394,7 @@ impl Node {
                             .map_err(|e| NetError::Broadcast(e.to_string()));
                         let _ = reply.send(r);
                     }
+                    Some(Command::AddPeer(addr)) => self.add_target(addr),
                     Some(Command::Shutdown(reply)) => break Some(reply),
                     None => break None,
                 },
@@ -408,6 +416,25 @@ impl Node {
         if let Some(reply) = done {
             let _ = reply.send(());
         }
+    }
+
+    fn add_target(&mut self, addr: Multiaddr) {
+        if self.targets.len() >= MAX_TARGETS || self.targets.iter().any(|t| t.addr == addr) {
+            return;
+        }
+        let peer = peer_of(&addr);
+        if peer == Some(self.shared.local) {
+            return;
+        }
+        let connected = peer.is_some_and(|p| self.swarm.is_connected(&p));
+        self.targets.push(DialTarget {
+            addr,
+            peer,
+            connected,
+            dialing: None,
+            next: Instant::now(),
+            backoff: self.cfg.limits.initial_backoff,
+        });
     }
 
     fn on_tick(&mut self) {
@@ -550,13 +577,15 @@ impl Node {
             .entry(peer)
             .or_default()
             .insert(id, remote.clone());
-        if let ConnectedPoint::Dialer { address, .. } = &endpoint {
-            let a = without_p2p(address);
-            for t in &mut self.targets {
-                if without_p2p(&t.addr) == a || t.peer == Some(peer) {
-                    t.connected = true;
-                    t.peer = Some(peer);
-                }
+        let dialed = match &endpoint {
+            ConnectedPoint::Dialer { address, .. } => Some(without_p2p(address)),
+            ConnectedPoint::Listener { .. } => None,
+        };
+        for t in &mut self.targets {
+            // A connection the peer opened to us serves as well as one we dialled.
+            if t.peer == Some(peer) || dialed.as_ref() == Some(&without_p2p(&t.addr)) {
+                t.connected = true;
+                t.peer = Some(peer);
             }
         }
         if !self.shared.is_admitted(&peer) {

@@ -140,20 +140,34 @@ pub fn render(v: &Value) -> String {
         let mark = if id == coordinator { "*" } else { "" };
         let devices = n["devices"].as_array().cloned().unwrap_or_default();
         if devices.is_empty() {
-            s += &format!("{:<16} {:<10} (no devices reported yet)\n", format!("{}{mark}", str_of(&n["name"])), short(&id));
+            s += &format!(
+                "{:<16} {:<10} (no devices reported yet)\n",
+                format!("{}{mark}", str_of(&n["name"])),
+                short(&id)
+            );
         }
         for (i, d) in devices.iter().enumerate() {
             let (node, nid) = if i == 0 {
-                (format!("{}{mark}", str_of(&n["name"])), short(&id).to_string())
+                (
+                    format!("{}{mark}", str_of(&n["name"])),
+                    short(&id).to_string(),
+                )
             } else {
                 (String::new(), String::new())
             };
-            let declared = if d["declared"] == true { " (declared)" } else { "" };
+            let declared = if d["declared"] == true {
+                " (declared)"
+            } else {
+                ""
+            };
             s += &format!(
                 "{:<16} {:<10} {:<32} {:>10} {:>9.1} {:>8.3}\n",
                 node,
                 nid,
-                format!("{}{declared}", str_of(&d["name"]).chars().take(30).collect::<String>()),
+                format!(
+                    "{}{declared}",
+                    str_of(&d["name"]).chars().take(30).collect::<String>()
+                ),
                 format!(
                     "{:.1} GiB",
                     d["memory_budget_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64
@@ -183,7 +197,10 @@ pub fn render(v: &Value) -> String {
     let c = &v["counters"];
     s += &format!(
         "\nREFUSED  admission {}  malformed {}  oversized {}  unadmitted {}\n",
-        c["refused_admission"], c["dropped_malformed"], c["dropped_oversized"], c["dropped_unadmitted"]
+        c["refused_admission"],
+        c["dropped_malformed"],
+        c["dropped_oversized"],
+        c["dropped_unadmitted"]
     );
     for r in v["recent_refusals"].as_array().unwrap_or(&empty) {
         s += &format!(

@@ -77,7 +77,10 @@ fn print_accelerator(a: &Accelerator) {
     let mut rows = vec![
         ("id", a.id.clone()),
         ("name", format!("{} ({}, {:?})", a.name, a.vendor, a.kind)),
-        ("backend", join(a.backends.iter().map(|b| b.as_str()).collect())),
+        (
+            "backend",
+            join(a.backends.iter().map(|b| b.as_str()).collect()),
+        ),
         (
             "precisions",
             join(a.precisions.iter().map(|p| p.as_str()).collect()),
@@ -98,7 +101,8 @@ fn print_accelerator(a: &Accelerator) {
         r.temperature_c.map(|c| format!("{c:.0} °C")),
         r.power_w.map(|w| format!("{w:.0} W")),
         r.utilisation.map(|u| format!("{:.0} % busy", 100.0 * u)),
-        r.battery_level.map(|b| format!("battery {:.0} %", 100.0 * b)),
+        r.battery_level
+            .map(|b| format!("battery {:.0} %", 100.0 * b)),
     ]
     .into_iter()
     .flatten()

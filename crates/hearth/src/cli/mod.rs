@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod cluster;
 pub mod declared;
 pub mod devices;
 mod load;
@@ -9,4 +10,3 @@ mod progress;
 pub mod run;
 pub mod tokenize;
 pub mod up;
-pub mod cluster;

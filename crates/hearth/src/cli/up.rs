@@ -65,7 +65,11 @@ pub struct UpArgs {
 
 /// `$XDG_DATA_HOME/hearth/node`, or `~/.local/share/hearth/node`.
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = var("XDG_DATA_HOME")
         .or_else(|| var("HOME").map(|h| h.join(".local/share")))
         .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
@@ -147,7 +151,9 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen for the API on {}", args.api))?;
     let api_addr = api_listener.local_addr()?;
-    let (net, events) = hearth_net::start(cfg).await.context("cannot start the network")?;
+    let (net, events) = hearth_net::start(cfg)
+        .await
+        .context("cannot start the network")?;
 
     let id = NodeId(net.local_id().to_string());
     let mut member_cfg = Config::new(id.clone(), name.clone(), now_ms());

@@ -44,6 +44,7 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_refusals: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_refusal_report = 0u64;
+        let mut last_mesh_check = 0u64;
         loop {
             let input = tokio::select! {
                 ev = events.recv() => match ev {
@@ -73,6 +74,10 @@ impl Driver {
                         .handle(Input::Propose(Event::RefusalCounts { node, counts }), now);
                     self.dispatch(outputs);
                 }
+            }
+            if now.saturating_sub(last_mesh_check) >= 1000 {
+                last_mesh_check = now;
+                self.connect_to_members();
             }
             self.publish(now);
         }
@@ -171,6 +176,33 @@ impl Driver {
                 }
                 Output::StateChanged => {}
                 Output::Refused(e) => tracing::debug!(error = %e, "proposal refused"),
+            }
+        }
+    }
+
+    /// Members learnt from the state but not connected are dialled at the addresses they
+    /// announce: catch-up and direct messages need a connection to every member, while a
+    /// node may have been given only one `--peer`.
+    fn connect_to_members(&self) {
+        let connected: std::collections::HashSet<String> = self
+            .net
+            .peers()
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        let me = self.member.id();
+        for (id, m) in &self.member.state().members {
+            if id == me || connected.contains(id.as_str()) {
+                continue;
+            }
+            for a in &m.addresses {
+                let Ok(addr) = format!("{a}/p2p/{id}").parse::<hearth_net::Multiaddr>() else {
+                    continue;
+                };
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net.add_peer(addr).await;
+                });
             }
         }
     }

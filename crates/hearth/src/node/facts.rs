@@ -65,7 +65,13 @@ pub fn telemetry(
 ) -> DeviceTelemetry {
     let (budget, headroom, on_battery) = declared.map_or(
         (s.memory_total, 1.0, s.battery.is_some_and(|b| !b.charging)),
-        |d| (d.profile.memory_bytes(), d.profile.thermal_headroom, d.profile.on_battery),
+        |d| {
+            (
+                d.profile.memory_bytes(),
+                d.profile.thermal_headroom,
+                d.profile.on_battery,
+            )
+        },
     );
     DeviceTelemetry {
         device: device.to_string(),

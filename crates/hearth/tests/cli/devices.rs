@@ -90,7 +90,11 @@ fn lists_the_vulkan_device_where_one_is_installed() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["backends"].as_array().is_some_and(|b| b.contains(&"vulkan".into())))
+        .filter(|d| {
+            d["backends"]
+                .as_array()
+                .is_some_and(|b| b.contains(&"vulkan".into()))
+        })
         .collect();
     let expected = std::env::var("HEARTH_EXPECT_VULKAN").is_ok_and(|v| v == "1");
     if vulkan.is_empty() && !expected {
@@ -130,7 +134,10 @@ fn a_declared_device_is_listed_as_declared_and_its_memory_is_enforced() {
     assert_eq!(declared.len(), 1, "{out:#}");
     assert_eq!(declared[0]["name"], "phone");
     assert_eq!(declared[0]["compute_share"], 0.5);
-    assert_eq!(declared[0]["memory_budget_bytes"], (0.05 * (1u64 << 30) as f64) as u64);
+    assert_eq!(
+        declared[0]["memory_budget_bytes"],
+        (0.05 * (1u64 << 30) as f64) as u64
+    );
 
     // 0.05 GiB cannot hold the 98 MB test model: the engine refuses and says why.
     let model = crate::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");

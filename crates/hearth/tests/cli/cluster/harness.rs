@@ -45,7 +45,13 @@ pub struct Node {
 impl Node {
     /// Starts `hearth up` and waits for it to print its id and API address.
     pub fn start(name: &str, data_dir: &Path, shared_home: &Path, extra: &[&str]) -> Node {
-        Node::start_with(Command::new(env!("CARGO_BIN_EXE_hearth")), name, data_dir, shared_home, extra)
+        Node::start_with(
+            Command::new(env!("CARGO_BIN_EXE_hearth")),
+            name,
+            data_dir,
+            shared_home,
+            extra,
+        )
     }
 
     /// As [`Node::start`], through a prepared command (e.g. `ip netns exec NS hearth`).
@@ -76,7 +82,10 @@ impl Node {
             .read_line(&mut line)
             .expect("hearth up prints its address");
         let parse = || -> Option<(String, String)> {
-            let id = line.strip_prefix("hearth node ")?.split_whitespace().next()?;
+            let id = line
+                .strip_prefix("hearth node ")?
+                .split_whitespace()
+                .next()?;
             let api = line.rsplit("http://").next()?.trim();
             Some((id.to_string(), api.to_string()))
         };
@@ -106,16 +115,21 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(v) = self.cluster() {
-                if let Some(a) = v["node"]["listen"]
-                    .as_array()
-                    .and_then(|l| l.iter().filter_map(|a| a.as_str()).find(|a| a.contains(proto)))
-                {
+                if let Some(a) = v["node"]["listen"].as_array().and_then(|l| {
+                    l.iter()
+                        .filter_map(|a| a.as_str())
+                        .find(|a| a.contains(proto))
+                }) {
                     return a.to_string();
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{} reported no {proto} listen address; log:\n{}", self.name, self.log());
+        panic!(
+            "{} reported no {proto} listen address; log:\n{}",
+            self.name,
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -169,7 +183,11 @@ pub fn get(api: &str, path: &str) -> Option<Value> {
 pub fn members(v: &Value) -> Vec<String> {
     let mut ids: Vec<String> = v["nodes"]
         .as_array()
-        .map(|n| n.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+        .map(|n| {
+            n.iter()
+                .filter_map(|m| m["id"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     ids.sort();
     ids
@@ -186,7 +204,10 @@ pub fn wait_until(
     let start = Instant::now();
     let mut last = Vec::new();
     while start.elapsed() < limit {
-        last = nodes.iter().map(|n| n.cluster().unwrap_or(Value::Null)).collect();
+        last = nodes
+            .iter()
+            .map(|n| n.cluster().unwrap_or(Value::Null))
+            .collect();
         if ok(&last) {
             return start.elapsed();
         }
@@ -201,7 +222,15 @@ pub fn wait_until(
             members(v),
             v["coordinator"],
             v["last_seq"],
-            n.log().lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            n.log()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     panic!("{report}");
@@ -230,6 +259,10 @@ pub fn measured_home() -> TempDir {
         .env("XDG_DATA_HOME", &home.0)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     home
 }
