@@ -261,6 +261,11 @@ impl UdpProbe {
         tokio::time::sleep(wait).await;
         let seen = self.rounds.lock().ok()?.remove(&round)?;
         let got = seen.iter().filter(|s| **s).count();
+        // Not one echo while the connection itself is alive means the datagrams cannot reach
+        // the peer at all (a relay, a firewall, NAT): that says nothing about loss.
+        if got == 0 {
+            return None;
+        }
         Some(1.0 - got as f64 / n as f64)
     }
 }

@@ -2,4 +2,5 @@
 //! namespaces with mDNS, shaped links and partitions (`lab`, where the machine allows it).
 
 mod harness;
+mod lab;
 mod loopback;
