@@ -93,7 +93,7 @@ fn five_nodes_in_namespaces_find_each_other_by_mdns_and_heal_a_partition_to_one_
     let (a, b) = (&all[..2], &all[2..]);
     let took = wait_until(
         &all,
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "one coordinator per side",
         |views| {
             let side_ok = |side: &[&Node], vs: &[Value]| agree_on(&ids(side))(vs);
