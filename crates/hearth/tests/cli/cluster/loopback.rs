@@ -8,6 +8,8 @@ fn loopback_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         "--no-mdns",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
         "--api",
         "127.0.0.1:0",
         "--timeout-ms",
@@ -17,15 +19,16 @@ fn loopback_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     a
 }
 
-/// `n` nodes with the test key, all dialling the first.
-fn start_cluster(dir: &TempDir, home: &TempDir, n: usize) -> Vec<Node> {
+/// `n` nodes with the test key, all dialling the first at its `transport` address (`/tcp/` or
+/// `/quic-v1`).
+fn start_cluster(dir: &TempDir, home: &TempDir, n: usize, transport: &str) -> Vec<Node> {
     let first = Node::start(
         "node-1",
         &dir.0.join("node-1"),
         &home.0,
         &loopback_args(&["--cluster-key", KEY]),
     );
-    let seed = first.listen_addr("/tcp/");
+    let seed = first.listen_addr(transport);
     let mut nodes = vec![first];
     for i in 2..=n {
         let name = format!("node-{i}");
@@ -47,7 +50,7 @@ fn ids(nodes: &[&Node]) -> Vec<String> {
 fn five_nodes_given_one_peer_agree_on_membership_and_coordinator_within_five_seconds() {
     let home = measured_home();
     let dir = TempDir::new("cluster-five");
-    let nodes = start_cluster(&dir, &home, 5);
+    let nodes = start_cluster(&dir, &home, 5, "/tcp/");
     let all: Vec<&Node> = nodes.iter().collect();
     let took = wait_until(
         &all,
@@ -83,7 +86,7 @@ fn five_nodes_given_one_peer_agree_on_membership_and_coordinator_within_five_sec
 fn a_node_with_the_wrong_key_is_refused_by_every_member_and_counted() {
     let home = measured_home();
     let dir = TempDir::new("cluster-key");
-    let nodes = start_cluster(&dir, &home, 3);
+    let nodes = start_cluster(&dir, &home, 3, "/tcp/");
     let members_only: Vec<&Node> = nodes.iter().collect();
     wait_until(
         &members_only,
@@ -160,7 +163,7 @@ fn a_node_with_the_wrong_key_is_refused_by_every_member_and_counted() {
 fn a_killed_member_is_removed_and_a_killed_coordinator_replaced_with_the_log_continuing() {
     let home = measured_home();
     let dir = TempDir::new("cluster-kill");
-    let mut nodes = start_cluster(&dir, &home, 5);
+    let mut nodes = start_cluster(&dir, &home, 5, "/tcp/");
     {
         let all: Vec<&Node> = nodes.iter().collect();
         wait_until(
@@ -234,7 +237,7 @@ fn a_killed_member_is_removed_and_a_killed_coordinator_replaced_with_the_log_con
 fn a_restarted_node_keeps_its_id_and_leaves_no_ghost() {
     let home = measured_home();
     let dir = TempDir::new("cluster-restart");
-    let mut nodes = start_cluster(&dir, &home, 3);
+    let mut nodes = start_cluster(&dir, &home, 3, "/quic-v1");
     let all_ids = {
         let all: Vec<&Node> = nodes.iter().collect();
         wait_until(
@@ -245,7 +248,8 @@ fn a_restarted_node_keeps_its_id_and_leaves_no_ghost() {
         );
         ids(&all)
     };
-    let seed = nodes[0].listen_addr("/tcp/");
+    // Over QUIC this time: the restarted process must replace a connection the old one left.
+    let seed = nodes[0].listen_addr("/quic-v1");
     let (name, data_dir, old_id) = (
         nodes[2].name.clone(),
         nodes[2].data_dir.clone(),
