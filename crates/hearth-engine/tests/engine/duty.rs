@@ -23,7 +23,7 @@ fn a_shard_at_a_tenth_share_takes_at_least_several_times_as_long_with_the_same_o
             ..options()
         },
     );
-    let mut timed = |shard: &mut Shard| {
+    let timed = |shard: &mut Shard| {
         let id = shard.new_sequence().unwrap();
         let start = Instant::now();
         let logits = feed(shard, id, &tokens);

@@ -118,7 +118,7 @@ pub fn render(v: &Value) -> String {
     let label = |id: &str| {
         names
             .get(id)
-            .map_or_else(|| short(id).to_string(), |n| format!("{n}"))
+            .map_or_else(|| short(id).to_string(), |n| n.to_string())
     };
     let coordinator = v["coordinator"].as_str().unwrap_or("");
     s += &format!(

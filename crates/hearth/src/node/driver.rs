@@ -45,15 +45,21 @@ impl Driver {
         let mut last_refusals: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_refusal_report = 0u64;
         let mut last_mesh_check = 0u64;
+        let mut facts_open = true;
         loop {
             let input = tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.net_input(ev),
                     None => break,
                 },
-                fact = facts.recv() => match fact {
+                // Once every local source has finished the channel closes; stop polling it
+                // rather than spin on its end.
+                fact = facts.recv(), if facts_open => match fact {
                     Some(LocalFact::Propose(e)) => Some(Input::Propose(e)),
-                    None => None,
+                    None => {
+                        facts_open = false;
+                        None
+                    }
                 },
                 _ = tick.tick() => Some(Input::Tick),
                 _ = shutdown.changed() => break,

@@ -80,6 +80,19 @@ fn five_nodes_given_one_peer_agree_on_membership_and_coordinator_within_five_sec
             })
         },
     );
+    // A graceful stop says goodbye: the others drop it without waiting for the timeout.
+    drop(all);
+    let mut nodes = nodes;
+    let mut leaving = nodes.pop().unwrap();
+    leaving.stop();
+    let rest: Vec<&Node> = nodes.iter().collect();
+    let took = wait_until(
+        &rest,
+        Duration::from_secs(10),
+        "the stopped node gone",
+        agree_on(&ids(&rest)),
+    );
+    eprintln!("a gracefully stopped node was gone everywhere after {took:?}");
 }
 
 #[test]
