@@ -7,6 +7,8 @@
 //! the stand-in itself (`compute_share`, `[thermal]`).
 
 use crate::bench::Measurement;
+use crate::error::{ConfigError, SampleError};
+use crate::thermal::governor::{Decision, Governor, GovernorConfig, Sample};
 use crate::thermal::model::RcParams;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -207,6 +209,77 @@ impl DeviceProfile {
             measured
                 .filter(|m| m.bandwidth_gbs > 0.0)
                 .map(|m| (self.bandwidth_gbs / m.bandwidth_gbs).min(1.0))
+        })
+    }
+}
+
+/// What a declared device's simulated sensor reads after a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StandInReading {
+    pub temp_c: f64,
+    /// At or above the declared threshold: where a real device would throttle.
+    pub over_threshold: bool,
+    pub decision: Decision,
+}
+
+/// The temperature of a declared device, simulated from its `[thermal]` parameters and the load
+/// this machine really carries, and judged by the governor exactly as a real sensor would be.
+/// So a profile can make a stand-in run hot (a high `heat_rate`, a low threshold, a hot start)
+/// and everything downstream sees the consequences.
+#[derive(Debug, Clone)]
+pub struct ThermalStandIn {
+    rc: RcParams,
+    threshold_c: f64,
+    temp_c: f64,
+    time_s: f64,
+    governor: Governor,
+}
+
+impl ThermalStandIn {
+    pub fn new(p: &ThermalProfile) -> Result<ThermalStandIn, ConfigError> {
+        Ok(ThermalStandIn {
+            rc: p.rc(),
+            threshold_c: p.threshold_c,
+            temp_c: p.start_temp_c.unwrap_or(p.idle_temp_c),
+            time_s: 0.0,
+            governor: Governor::new(GovernorConfig {
+                threshold_c: p.threshold_c,
+                ..GovernorConfig::default()
+            })?,
+        })
+    }
+
+    /// Advances the simulation by `dt_s` seconds at `load` (0..1) and reads the sensor.
+    pub fn step(
+        &mut self,
+        load: f64,
+        dt_s: f64,
+        on_battery: bool,
+        battery_level: Option<f64>,
+    ) -> Result<StandInReading, SampleError> {
+        let load = if load.is_finite() {
+            load.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let dt_s = if dt_s.is_finite() && dt_s > 0.0 {
+            dt_s
+        } else {
+            1e-3
+        };
+        self.temp_c = self.rc.predict_c(self.temp_c, load, dt_s);
+        self.time_s += dt_s;
+        let decision = self.governor.update(&Sample {
+            time_s: self.time_s,
+            temp_c: self.temp_c,
+            load,
+            on_battery,
+            battery_level,
+        })?;
+        Ok(StandInReading {
+            temp_c: self.temp_c,
+            over_threshold: self.temp_c >= self.threshold_c,
+            decision,
         })
     }
 }

@@ -22,7 +22,7 @@ pub mod thermal;
 
 pub use bench::{BenchConfig, BenchError, Measurement};
 pub use cpu::{CpuInfo, CpuInfoError, DeviceRecord, ProbeError, SimdFlags};
-pub use declared::{DeviceProfile, ProfileError, ThermalProfile};
+pub use declared::{DeviceProfile, ProfileError, StandInReading, ThermalProfile, ThermalStandIn};
 pub use error::{ConfigError, SampleError, SysfsError};
 pub use probe::{Accelerator, Backend, DeviceKind, Discovery, Precision, ProbeWarning, Reading};
 pub use registry::{Entry, Lookup, Registry, RegistryError};

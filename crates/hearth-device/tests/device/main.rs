@@ -8,6 +8,7 @@ mod android;
 mod apple;
 mod bench;
 mod cpu;
+mod declared;
 mod nvidia;
 mod registry;
 mod sim;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use hearth_device::bench::{self, BenchConfig};
 use hearth_device::telemetry::{Sample, Sampler, TelemetryConfig};
-use hearth_device::{cpu, probe, Accelerator, Lookup, Registry};
+use hearth_device::{cpu, probe, Accelerator, Lookup, Registry, ThermalStandIn};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -29,15 +29,21 @@ pub struct DevicesArgs {
     /// Stop `--watch` after this many lines.
     #[arg(long)]
     pub samples: Option<u64>,
-    /// Also list the device this node stands in for (a TOML device profile; see
-    /// `hearth run --help`), marked as declared.
+    /// Also list the device this node stands in for (a TOML device profile; see `hearth run
+    /// --help`), marked as declared; with `--watch`, its simulated temperature when the
+    /// profile declares `[thermal]`.
     #[arg(long, value_name = "FILE")]
     pub device_profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
     if args.watch {
-        return watch(args.period_ms, args.samples);
+        let declared = args
+            .device_profile
+            .as_deref()
+            .map(Declared::load)
+            .transpose()?;
+        return watch(args.period_ms, args.samples, declared.as_ref());
     }
     let declared = args
         .device_profile
@@ -240,7 +246,12 @@ fn print_table(devices: &[Lookup]) {
 
 /// Ctrl-C ends the loop through the default signal action; nothing needs flushing beyond each
 /// line, which is written whole.
-fn watch(period_ms: u64, samples: Option<u64>) -> anyhow::Result<()> {
+fn watch(period_ms: u64, samples: Option<u64>, declared: Option<&Declared>) -> anyhow::Result<()> {
+    let mut stand_in = declared
+        .and_then(|d| d.profile.thermal.as_ref())
+        .map(ThermalStandIn::new)
+        .transpose()
+        .context("the declared thermal parameters")?;
     let sampler = Sampler::start(TelemetryConfig {
         period: Duration::from_millis(period_ms),
         ..TelemetryConfig::default()
@@ -252,7 +263,27 @@ fn watch(period_ms: u64, samples: Option<u64>) -> anyhow::Result<()> {
         let s = sampler
             .recv()
             .context("the telemetry thread stopped unexpectedly")?;
-        writeln!(out, "{}", telemetry_line(&s))?;
+        let mut line = telemetry_line(&s);
+        if let (Some(sim), Some(d)) = (stand_in.as_mut(), declared) {
+            let r = sim.step(
+                f64::from(s.utilisation),
+                period_ms as f64 / 1e3,
+                d.profile.on_battery,
+                None,
+            )?;
+            line += &format!(
+                "; declared `{}`: {:.1} °C simulated{}, thermal headroom {:.2}",
+                d.profile.name,
+                r.temp_c,
+                if r.over_threshold {
+                    " (over threshold)"
+                } else {
+                    ""
+                },
+                r.decision.thermal_headroom
+            );
+        }
+        writeln!(out, "{line}")?;
         out.flush()?;
         printed += 1;
     }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use hearth_cluster::{Config, Event, Member, NodeId};
 use hearth_device::telemetry::{Sampler, TelemetryConfig};
+use hearth_device::ThermalStandIn;
 use hearth_net::{ClusterKey, Multiaddr, NetConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -282,8 +283,29 @@ fn spawn_telemetry(
             (None, Ok(info)) => info.device_id(),
             (None, Err(_)) => return,
         };
+        let mut stand_in = declared
+            .as_ref()
+            .and_then(|d| d.profile.thermal.as_ref())
+            .and_then(|t| match ThermalStandIn::new(t) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the declared thermal parameters cannot be simulated");
+                    None
+                }
+            });
+        let mut last_ms: Option<u64> = None;
         while let Some(s) = sampler.recv() {
-            let t = facts::telemetry(&device, &s, declared.as_deref(), now_ms());
+            let dt_s = last_ms.map_or(period.as_secs_f64(), |l| {
+                s.at_unix_ms.saturating_sub(l) as f64 / 1e3
+            });
+            last_ms = Some(s.at_unix_ms);
+            let on_battery = declared.as_ref().is_some_and(|d| d.profile.on_battery);
+            let reading = stand_in.as_mut().and_then(|sim| {
+                sim.step(f64::from(s.utilisation), dt_s, on_battery, None)
+                    .map_err(|e| tracing::debug!(error = %e, "stand-in sample refused"))
+                    .ok()
+            });
+            let t = facts::telemetry(&device, &s, declared.as_deref(), reading.as_ref(), now_ms());
             let event = Event::Telemetry {
                 node: node.clone(),
                 samples: vec![t],

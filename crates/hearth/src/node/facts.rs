@@ -3,7 +3,7 @@
 
 use crate::cli::declared::Declared;
 use hearth_cluster::{DeviceSummary, DeviceTelemetry};
-use hearth_device::{probe, Accelerator, Lookup};
+use hearth_device::{probe, Accelerator, Lookup, StandInReading};
 
 /// Devices of this node. A declared device replaces the real ones: the node stands in for it.
 pub fn devices(cpu: Option<&Lookup>, declared: Option<&Declared>) -> Vec<DeviceSummary> {
@@ -56,11 +56,13 @@ fn accelerator(a: &Accelerator) -> DeviceSummary {
     }
 }
 
-/// One telemetry sample of the CPU (or of the declared device standing on it).
+/// One telemetry sample of the CPU, or of the declared device standing on it (with its
+/// simulated temperature and the governor's headroom when the profile declares `[thermal]`).
 pub fn telemetry(
     device: &str,
     s: &hearth_device::telemetry::Sample,
     declared: Option<&Declared>,
+    stand_in: Option<&StandInReading>,
     now_ms: u64,
 ) -> DeviceTelemetry {
     let (budget, headroom, on_battery) = declared.map_or(
@@ -73,7 +75,7 @@ pub fn telemetry(
             )
         },
     );
-    DeviceTelemetry {
+    let mut t = DeviceTelemetry {
         device: device.to_string(),
         memory_used_bytes: s.memory_used().min(budget),
         utilisation: f64::from(s.utilisation.clamp(0.0, 1.0)),
@@ -84,5 +86,11 @@ pub fn telemetry(
         throttled: s.throttled,
         thermal_headroom: headroom,
         sampled_ms: now_ms,
+    };
+    if let Some(r) = stand_in {
+        t.temperature_c = Some(r.temp_c);
+        t.throttled = r.over_threshold;
+        t.thermal_headroom = headroom.min(r.decision.thermal_headroom).clamp(0.0, 1.0);
     }
+    t
 }
