@@ -254,6 +254,16 @@ impl Member {
             .collect()
     }
 
+    /// Peers heard from within the timeout with the addresses they announce: what the network
+    /// should stay connected to. Covers peers the state does not list yet, such as the
+    /// coordinator of a cluster this node has not caught up with.
+    pub fn live_peer_addresses(&self, now_ms: u64) -> Vec<(NodeId, Vec<String>)> {
+        self.peers
+            .live(now_ms, self.cfg.timeout_ms)
+            .map(|(id, p)| (id.clone(), p.addresses.clone()))
+            .collect()
+    }
+
     /// Encodes a message under this member's size limit.
     pub fn encode(&self, msg: &WireMessage) -> Result<Vec<u8>, WireError> {
         msg.encode_bounded(self.cfg.max_message_bytes)

@@ -83,7 +83,7 @@ impl Driver {
             }
             if now.saturating_sub(last_mesh_check) >= 1000 {
                 last_mesh_check = now;
-                self.connect_to_members();
+                self.connect_to_members(now);
             }
             self.publish(now);
         }
@@ -186,10 +186,11 @@ impl Driver {
         }
     }
 
-    /// Members learnt from the state but not connected are dialled at the addresses they
-    /// announce: catch-up and direct messages need a connection to every member, while a
-    /// node may have been given only one `--peer`.
-    fn connect_to_members(&self) {
+    /// Members learnt from the state, and peers heard through gossip, that are not connected
+    /// are dialled at the addresses they announce: catch-up and direct messages need a
+    /// connection to every member, while a node may have been given only one `--peer` (and a
+    /// node that has not caught up yet knows the coordinator only from its heartbeats).
+    fn connect_to_members(&self, now: u64) {
         let connected: std::collections::HashSet<String> = self
             .net
             .peers()
@@ -197,11 +198,18 @@ impl Driver {
             .map(|(p, _)| p.to_string())
             .collect();
         let me = self.member.id();
-        for (id, m) in &self.member.state().members {
-            if id == me || connected.contains(id.as_str()) {
+        let known = self
+            .member
+            .state()
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.addresses.clone()))
+            .chain(self.member.live_peer_addresses(now));
+        for (id, addresses) in known {
+            if &id == me || connected.contains(id.as_str()) {
                 continue;
             }
-            for a in &m.addresses {
+            for a in &addresses {
                 let Ok(addr) = format!("{a}/p2p/{id}").parse::<hearth_net::Multiaddr>() else {
                     continue;
                 };
