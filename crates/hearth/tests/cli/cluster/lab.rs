@@ -142,13 +142,15 @@ fn shaped_links_read_back_delay_bandwidth_and_loss() {
     lab.partition(&[1], &[2]).unwrap();
     lab.rate_limit(1, 3, 50).unwrap();
     lab.drop_percent(2, 3, 5).unwrap();
-    let n2 = start_in(
-        &lab,
-        2,
-        &dir,
-        &home,
-        &["--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/52414"],
-    );
+    // TCP on a fixed port, no mDNS: each node reaches exactly the peers it is given.
+    let start_tcp = |i: usize, peers: &[&str]| {
+        let mut args = vec!["--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/52414"];
+        for p in peers {
+            args.extend(["--peer", p]);
+        }
+        start_in(&lab, i, &dir, &home, &args)
+    };
+    let n2 = start_tcp(2, &[]);
     let relay = Relay::tcp(
         (lab.host_ip(), 0).into(),
         (lab.ip(2), 52414).into(),
@@ -161,36 +163,10 @@ fn shaped_links_read_back_delay_bandwidth_and_loss() {
         relay.local_addr().port(),
         n2.id
     );
-    let n1 = start_in(
-        &lab,
-        1,
-        &dir,
-        &home,
-        &[
-            "--no-mdns",
-            "--listen",
-            "/ip4/0.0.0.0/tcp/52414",
-            "--peer",
-            &via_relay,
-        ],
-    );
+    let n1 = start_tcp(1, &[&via_relay]);
     let to1 = format!("/ip4/{}/tcp/52414", lab.ip(1));
     let to2 = format!("/ip4/{}/tcp/52414", lab.ip(2));
-    let n3 = start_in(
-        &lab,
-        3,
-        &dir,
-        &home,
-        &[
-            "--no-mdns",
-            "--listen",
-            "/ip4/0.0.0.0/tcp/52414",
-            "--peer",
-            &to1,
-            "--peer",
-            &to2,
-        ],
-    );
+    let n3 = start_tcp(3, &[&to1, &to2]);
     let all = [&n1, &n2, &n3];
     wait_until(
         &all,
