@@ -78,7 +78,7 @@ impl Generator for LocalGenerator {
                 max_tokens,
                 &mut sampler,
                 |t| end_ids.contains(&t),
-                |t| on_token(t),
+                on_token,
             )
             .map_err(|e| e.to_string())?;
         Ok(if stats.stopped {

@@ -290,12 +290,14 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                                     Some("messages"),
                                 ))
                             }
-                            (other, _) => return Err(ApiError::invalid(
-                                format!(
+                            (other, _) => {
+                                return Err(ApiError::invalid(
+                                    format!(
                                     "content parts of type {other:?} are not supported; only text"
                                 ),
-                                Some("messages"),
-                            )),
+                                    Some("messages"),
+                                ))
+                            }
                         }
                     }
                     text
