@@ -1,4 +1,5 @@
 use super::load::{EngineArgs, LoadedModel, ModelArgs};
+use crate::node::openai::text::take_complete_utf8;
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_engine::{Sampler, SamplerConfig};
@@ -147,33 +148,4 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Removes and returns the longest prefix of `bytes` that is complete UTF-8, so a character
-/// split across tokens is printed once whole. Invalid sequences are replaced.
-fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
-    let keep = match std::str::from_utf8(bytes) {
-        Ok(_) => 0,
-        Err(e) if e.error_len().is_none() => bytes.len() - e.valid_up_to(),
-        Err(_) => 0,
-    };
-    let tail = bytes.split_off(bytes.len() - keep);
-    let done = String::from_utf8_lossy(bytes).into_owned();
-    *bytes = tail;
-    done
-}
-
-#[cfg(test)]
-mod tests {
-    use super::take_complete_utf8;
-
-    #[test]
-    fn split_characters_wait_for_their_last_byte() {
-        let euro = "€".as_bytes();
-        let mut buf = vec![b'a', euro[0], euro[1]];
-        assert_eq!(take_complete_utf8(&mut buf), "a");
-        buf.push(euro[2]);
-        assert_eq!(take_complete_utf8(&mut buf), "€");
-        assert!(buf.is_empty());
-    }
 }

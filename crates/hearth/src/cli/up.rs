@@ -1,9 +1,13 @@
 //! `hearth up`: start a node. It finds and admits peers, agrees with them on one cluster state
-//! and serves the HTTP API until interrupted.
+//! and serves the HTTP API until interrupted; with `--model` it also runs that model here and
+//! serves it through the OpenAI-compatible API.
 
 use super::declared::Declared;
 use super::devices::measured_cpu;
+use super::load::{parse_size, EngineArgs, LoadedModel, ModelArgs};
 use crate::node::driver::{now_ms, Driver, LocalFact};
+use crate::node::openai::engine::LocalGenerator;
+use crate::node::openai::{self, OpenAi, ServedModel, Serving};
 use crate::node::view::View;
 use crate::node::{api, facts};
 use anyhow::{bail, Context};
@@ -53,6 +57,27 @@ pub struct UpArgs {
     /// Stand in for a declared device (see `hearth run --help`).
     #[arg(long, value_name = "FILE")]
     pub device_profile: Option<PathBuf>,
+    /// Run this model on this node and serve it on the API's `/v1/...` endpoints: a catalog
+    /// name (see `hearth model list`) or a path to a .gguf file. Default: no model.
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Compute threads for the model (default: all cores).
+    #[arg(long, short = 't', requires = "model")]
+    pub threads: Option<usize>,
+    /// Positions (prompt + generated tokens) one request may use (default: the model's
+    /// training context, at most 4096).
+    #[arg(long, requires = "model")]
+    pub context: Option<usize>,
+    /// Refuse to load the model if weights, KV cache and scratch exceed this size.
+    #[arg(long, value_parser = parse_size, requires = "model")]
+    pub memory_limit: Option<u64>,
+    /// Largest request body the API accepts (e.g. `1MiB`).
+    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    pub max_body: u64,
+    /// Requests that may wait for the model; more are refused with 429.
+    #[arg(long, default_value_t = openai::DEFAULT_QUEUE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_queue: u64,
     /// A member silent this long is removed from the cluster, milliseconds.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..))]
     pub timeout_ms: u64,
@@ -121,12 +146,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(Declared::load)
         .transpose()?;
+    let openai = OpenAi {
+        serving: args
+            .model
+            .as_deref()
+            .map(|m| load_model(m, &args))
+            .transpose()?
+            .map(Arc::new),
+        max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, data_dir, key, declared))
+    runtime.block_on(serve(args, data_dir, key, declared, openai))
 }
 
 async fn serve(
@@ -134,6 +168,7 @@ async fn serve(
     data_dir: PathBuf,
     key: ClusterKey,
     declared: Option<Declared>,
+    openai: OpenAi,
 ) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(host_name);
     let mut cfg = NetConfig::new(&data_dir, key);
@@ -185,7 +220,7 @@ async fn serve(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = axum::serve(api_listener, api::router(Arc::clone(&view)))
+    let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });
     let driver = Driver {
@@ -206,6 +241,58 @@ async fn serve(
         Ok(Err(e)) => bail!("API server failed: {e}"),
         Err(e) => bail!("API server task failed: {e}"),
     }
+}
+
+/// Loads the model as `hearth run` does and starts its engine thread; the API then serves it.
+fn load_model(model: &str, args: &UpArgs) -> anyhow::Result<Serving> {
+    let loaded = LoadedModel::open(&ModelArgs {
+        model: model.to_string(),
+    })?;
+    let template = loaded.chat_template()?;
+    let chain = loaded.load_chain(
+        &EngineArgs {
+            threads: args.threads,
+            layers: None,
+            context: args.context,
+            memory_limit: args.memory_limit,
+            device_profile: args.device_profile.clone(),
+        },
+        1,
+    )?;
+    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let stem = loaded
+        .path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned());
+    // A catalog name is the model's id; a path is known by its file name without `.gguf`.
+    let is_path = model.contains(std::path::MAIN_SEPARATOR) || model.ends_with(".gguf");
+    let id = match (&stem, is_path) {
+        (Some(s), true) => s.clone(),
+        _ => model.to_string(),
+    };
+    let aliases = [Some(model.to_string()), file_name(&loaded.path), stem]
+        .into_iter()
+        .flatten()
+        .collect();
+    let tokenizer = Arc::new(loaded.tokenizer);
+    let generator = LocalGenerator::new(chain, &tokenizer);
+    let served = ServedModel {
+        id,
+        aliases,
+        created: now_ms() / 1000,
+        tokenizer,
+        template,
+        context: 0,
+    };
+    let serving = Serving::start(served, generator, args.max_queue as usize)
+        .context("cannot start the engine thread")?;
+    eprintln!(
+        "serving {} ({} positions per request) from {}",
+        serving.model.id,
+        serving.model.context,
+        loaded.path.display()
+    );
+    Ok(serving)
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

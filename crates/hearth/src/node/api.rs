@@ -1,6 +1,6 @@
-//! The node's HTTP server. Cluster admin endpoints for now; the OpenAI-compatible API joins
-//! them here.
+//! The node's HTTP server: cluster admin endpoints and the OpenAI-compatible API.
 
+use super::openai::{self, handlers, OpenAi};
 use super::view::SharedView;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,12 +9,16 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub fn router(view: SharedView) -> Router {
+pub fn router(view: SharedView, api: OpenAi) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/cluster", get(cluster))
         .route("/api/cluster/log", get(cluster_log))
         .with_state(view)
+        .merge(openai::router(api))
+        // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
 }
 
 fn unavailable() -> Response {

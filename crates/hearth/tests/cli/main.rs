@@ -10,6 +10,7 @@ mod cluster;
 mod devices;
 mod place;
 mod reference;
+mod serve;
 mod shards;
 
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! Clusters of real `hearth up` processes: on loopback with `--peer` (here), and in network
 //! namespaces with mDNS, shaped links and partitions (`lab`, where the machine allows it).
 
-mod harness;
+pub(crate) mod harness;
 mod lab;
 mod loopback;
