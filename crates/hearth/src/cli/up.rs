@@ -29,7 +29,7 @@ pub struct UpArgs {
     /// The name other members and the dashboard show (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Where the node keeps its identity, the generated cluster key and its logs
+    /// Where the node keeps its identity and the generated cluster key
     /// (default: $XDG_DATA_HOME/hearth/node).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
