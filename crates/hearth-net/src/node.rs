@@ -43,6 +43,15 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// What an admission means for the peer table.
+enum Admission {
+    New,
+    /// The same process again (a second connection).
+    Known,
+    /// The same PeerId from a new process.
+    Restarted,
+}
+
 /// Results of tasks spawned by the loop.
 enum Internal {
     Admitted { peer: PeerId, info: NodeInfo },
@@ -582,6 +591,11 @@ impl Node {
             ConnectedPoint::Listener { .. } => None,
         };
         for t in &mut self.targets {
+            // The dial resolved: without this the target would count as dialling forever and
+            // never be redialled after the connection is lost.
+            if t.dialing == Some(id) {
+                t.dialing = None;
+            }
             // A connection the peer opened to us serves as well as one we dialled.
             if t.peer == Some(peer) || dialed.as_ref() == Some(&without_p2p(&t.addr)) {
                 t.connected = true;
@@ -702,15 +716,29 @@ impl Node {
                     instance: info.instance,
                 },
             );
-            !matches!(prev, Some(p) if p.instance == info.instance)
+            match prev {
+                None => Admission::New,
+                Some(p) if p.instance == info.instance => Admission::Known,
+                Some(_) => Admission::Restarted,
+            }
         };
         for t in &mut self.targets {
             if t.peer == Some(peer) {
                 t.backoff = self.cfg.limits.initial_backoff;
             }
         }
-        if !replaced {
-            return;
+        match replaced {
+            Admission::Known => return,
+            Admission::Restarted => {
+                // The old process's connections may linger (a killed QUIC peer sends no close),
+                // and gossipsub, seeing a second connection rather than a first, would never
+                // exchange subscriptions with the new process. Drop them all; the redial (ours
+                // or the peer's) makes a clean first connection, whose admission announces it.
+                tracing::info!(%peer, "peer restarted; reconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
+            Admission::New => {}
         }
         bump(&self.shared.counters.admitted);
         tracing::info!(%peer, name = %info.name, "peer admitted");

@@ -260,7 +260,9 @@ fn a_killed_member_is_removed_and_a_killed_coordinator_replaced_with_the_log_con
 fn a_restarted_node_keeps_its_id_and_leaves_no_ghost() {
     let home = measured_home();
     let dir = TempDir::new("cluster-restart");
-    let mut nodes = start_cluster(&dir, &home, 3, "/tcp/");
+    // Over QUIC: the killed process sends no close, so its peers still hold its connection
+    // when the new process arrives.
+    let mut nodes = start_cluster(&dir, &home, 3, "/quic-v1");
     let all_ids = {
         let all: Vec<&Node> = nodes.iter().collect();
         wait_until(
@@ -271,7 +273,7 @@ fn a_restarted_node_keeps_its_id_and_leaves_no_ghost() {
         );
         ids(&all)
     };
-    let seed = nodes[0].listen_addr("/tcp/");
+    let seed = nodes[0].listen_addr("/quic-v1");
     let (name, data_dir, old_id) = (
         nodes[2].name.clone(),
         nodes[2].data_dir.clone(),
@@ -283,7 +285,7 @@ fn a_restarted_node_keeps_its_id_and_leaves_no_ghost() {
         &name,
         &data_dir,
         &home.0,
-        &loopback_args("/tcp/", &["--cluster-key", KEY, "--peer", &seed]),
+        &loopback_args("/quic-v1", &["--cluster-key", KEY, "--peer", &seed]),
     );
     assert_eq!(again.id, old_id, "a restarted node must keep its id");
     nodes.push(again);
