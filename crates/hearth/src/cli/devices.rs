@@ -37,19 +37,14 @@ pub struct DevicesArgs {
 }
 
 pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
-    if args.watch {
-        let declared = args
-            .device_profile
-            .as_deref()
-            .map(Declared::load)
-            .transpose()?;
-        return watch(args.period_ms, args.samples, declared.as_ref());
-    }
     let declared = args
         .device_profile
         .as_deref()
         .map(Declared::load)
         .transpose()?;
+    if args.watch {
+        return watch(args.period_ms, args.samples, declared.as_ref());
+    }
     let lookup = measured_cpu(args.remeasure)?;
     let devices = [lookup];
     let found = probe::discover();

@@ -65,9 +65,12 @@ impl Driver {
                 _ = shutdown.changed() => break,
             };
             let now = now_ms();
+            // The view is a copy of the whole state: refresh it when the state changed, and on
+            // each tick for what moves without events (live peers, counters), not per message.
+            let mut changed = matches!(input, Some(Input::Tick));
             if let Some(input) = input {
                 let outputs = self.member.handle(input, now);
-                self.dispatch(outputs);
+                changed |= self.dispatch(outputs);
             }
             if now.saturating_sub(last_refusal_report) >= self.refusal_report.as_millis() as u64 {
                 last_refusal_report = now;
@@ -78,14 +81,16 @@ impl Driver {
                     let outputs = self
                         .member
                         .handle(Input::Propose(Event::RefusalCounts { node, counts }), now);
-                    self.dispatch(outputs);
+                    changed |= self.dispatch(outputs);
                 }
             }
             if now.saturating_sub(last_mesh_check) >= 1000 {
                 last_mesh_check = now;
                 self.connect_to_members(now);
             }
-            self.publish(now);
+            if changed {
+                self.publish(now);
+            }
         }
         let outputs = self.member.handle(Input::Leave, now_ms());
         self.dispatch(outputs);
@@ -149,7 +154,9 @@ impl Driver {
         }
     }
 
-    fn dispatch(&self, outputs: Vec<Output>) {
+    /// Sends what the member asks for; true when its state changed.
+    fn dispatch(&self, outputs: Vec<Output>) -> bool {
+        let mut changed = false;
         for out in outputs {
             match out {
                 Output::Broadcast(msg) => match self.member.encode(&msg) {
@@ -180,10 +187,11 @@ impl Driver {
                         Err(e) => tracing::warn!(error = %e, "message not encodable"),
                     }
                 }
-                Output::StateChanged => {}
+                Output::StateChanged => changed = true,
                 Output::Refused(e) => tracing::debug!(error = %e, "proposal refused"),
             }
         }
+        changed
     }
 
     /// Members learnt from the state, and peers heard through gossip, that are not connected
