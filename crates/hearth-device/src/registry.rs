@@ -64,13 +64,9 @@ pub struct Registry {
 impl Registry {
     /// The registry at its usual place for this user.
     pub fn open_default() -> Result<Registry, RegistryError> {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let path =
-            default_path(var("XDG_DATA_HOME"), var("HOME")).ok_or(RegistryError::NoDataDir)?;
+        let path = data_dir()
+            .ok_or(RegistryError::NoDataDir)?
+            .join("devices.json");
         Ok(Registry { path })
     }
 
@@ -176,6 +172,22 @@ impl Registry {
 
 /// `$XDG_DATA_HOME/hearth/devices.json`, else `$HOME/.local/share/hearth/devices.json`.
 pub fn default_path(xdg_data_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+    data_dir_from(xdg_data_home, home).map(|d| d.join("devices.json"))
+}
+
+/// hearth's data directory for this user: `$XDG_DATA_HOME/hearth`, else
+/// `$HOME/.local/share/hearth` (empty variables count as unset). Everything a node keeps
+/// between runs lives below it.
+pub fn data_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    data_dir_from(var("XDG_DATA_HOME"), var("HOME"))
+}
+
+fn data_dir_from(xdg_data_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
     let base = xdg_data_home.or_else(|| home.map(|h| h.join(".local").join("share")))?;
-    Some(base.join("hearth").join("devices.json"))
+    Some(base.join("hearth"))
 }

@@ -91,15 +91,9 @@ pub struct UpArgs {
 
 /// `$XDG_DATA_HOME/hearth/node`, or `~/.local/share/hearth/node`.
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let base = var("XDG_DATA_HOME")
-        .or_else(|| var("HOME").map(|h| h.join(".local/share")))
-        .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
-    Ok(base.join("hearth").join("node"))
+    Ok(hearth_device::registry::data_dir()
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?
+        .join("node"))
 }
 
 fn host_name() -> String {
