@@ -32,6 +32,10 @@ pub enum ApplyError {
     SelfLink(NodeId),
     #[error("instance `{0}` does not exist")]
     UnknownInstance(String),
+    #[error("node {node} runs no stage of instance {instance}")]
+    NotAStage { instance: String, node: NodeId },
+    #[error("no wanted model named {0}")]
+    UnknownModel(String),
     #[error("instance `{0}` already exists")]
     DuplicateInstance(String),
     #[error("instance `{0}` has no stages")]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApplyError;
 use crate::state::{
     limits, ClusterState, DeviceSummary, DeviceTelemetry, Instance, InstanceStatus, LinkStats,
-    NodeEntry, NodeId, Stage,
+    NodeEntry, NodeId, Stage, StageStatus, WantedModel,
 };
 
 /// Link figures as a node measured them; the state adds the time the coordinator ordered them.
@@ -65,6 +65,8 @@ pub enum Event {
         id: String,
         model: String,
         stages: Vec<Stage>,
+        #[serde(default)]
+        predicted_tokens_per_s: f64,
     },
     InstanceStatus {
         id: String,
@@ -73,6 +75,16 @@ pub enum Event {
     InstanceRemoved {
         id: String,
     },
+    /// A node reports its stage of an instance.
+    StageStatus {
+        instance: String,
+        node: NodeId,
+        status: StageStatus,
+    },
+    /// A member asks the cluster to serve a model (replaces an earlier request of that name).
+    ModelWanted { model: WantedModel },
+    /// A member asks the cluster to stop serving a model.
+    ModelUnwanted { name: String, requested_by: NodeId },
     /// First event of every reign: `coordinator` orders from here on, in `epoch`.
     CoordinatorChanged {
         coordinator: NodeId,
@@ -94,6 +106,9 @@ impl Event {
             Event::InstancePlaced { .. } => "instance_placed",
             Event::InstanceStatus { .. } => "instance_status",
             Event::InstanceRemoved { .. } => "instance_removed",
+            Event::StageStatus { .. } => "stage_status",
+            Event::ModelWanted { .. } => "model_wanted",
+            Event::ModelUnwanted { .. } => "model_unwanted",
             Event::CoordinatorChanged { .. } => "coordinator_changed",
         }
     }
@@ -105,8 +120,11 @@ impl Event {
             Event::NodeJoined { node, .. }
             | Event::DeviceInfo { node, .. }
             | Event::Telemetry { node, .. }
-            | Event::RefusalCounts { node, .. } => Some(node),
+            | Event::RefusalCounts { node, .. }
+            | Event::StageStatus { node, .. } => Some(node),
             Event::LinkMeasured { from, .. } => Some(from),
+            Event::ModelWanted { model } => Some(&model.requested_by),
+            Event::ModelUnwanted { requested_by, .. } => Some(requested_by),
             _ => None,
         }
     }
@@ -317,7 +335,13 @@ fn check_event(state: &ClusterState, event: &Event) -> Result<(), ApplyError> {
                 text("refusal kind", k)?;
             }
         }
-        Event::InstancePlaced { id, model, stages } => {
+        Event::InstancePlaced {
+            id,
+            model,
+            stages,
+            predicted_tokens_per_s,
+        } => {
+            figure("predicted_tokens_per_s", *predicted_tokens_per_s, f64::MAX)?;
             text("instance.id", id)?;
             text("instance.model", model)?;
             if state.instances.contains_key(id) {
@@ -357,6 +381,53 @@ fn check_event(state: &ClusterState, event: &Event) -> Result<(), ApplyError> {
         Event::InstanceRemoved { id } => {
             if !state.instances.contains_key(id) {
                 return Err(ApplyError::UnknownInstance(id.clone()));
+            }
+        }
+        Event::StageStatus {
+            instance,
+            node,
+            status,
+        } => {
+            member(state, node)?;
+            let runs_stage = state
+                .instances
+                .get(instance)
+                .ok_or_else(|| ApplyError::UnknownInstance(instance.clone()))?
+                .stages
+                .iter()
+                .any(|s| &s.node == node);
+            if !runs_stage {
+                return Err(ApplyError::NotAStage {
+                    instance: instance.clone(),
+                    node: node.clone(),
+                });
+            }
+            match status {
+                StageStatus::Loading { progress } => figure("progress", *progress, 1.0)?,
+                StageStatus::Failed { reason } => text("reason", reason)?,
+                _ => {}
+            }
+        }
+        Event::ModelWanted { model } => {
+            member(state, &model.requested_by)?;
+            text("model.name", &model.name)?;
+            text("model.sha256", &model.sha256)?;
+            text("model.placement", &model.placement)?;
+            if model.profile.len() > limits::MAX_PROFILE {
+                return Err(ApplyError::TooLong {
+                    field: "model.profile",
+                    len: model.profile.len(),
+                    max: limits::MAX_PROFILE,
+                });
+            }
+            if !state.wanted.contains_key(&model.name) {
+                count("wanted", state.wanted.len() + 1, limits::MAX_WANTED)?;
+            }
+        }
+        Event::ModelUnwanted { name, requested_by } => {
+            member(state, requested_by)?;
+            if !state.wanted.contains_key(name) {
+                return Err(ApplyError::UnknownModel(name.clone()));
             }
         }
         // The coordinator is announced before it admits itself at the birth of a cluster, so
@@ -459,15 +530,40 @@ fn mutate(state: &mut ClusterState, ev: &SequencedEvent) {
             state.refusals.insert(node.clone(), counts.clone());
             touch(state, node, at);
         }
-        Event::InstancePlaced { id, model, stages } => {
+        Event::InstancePlaced {
+            id,
+            model,
+            stages,
+            predicted_tokens_per_s,
+        } => {
             state.instances.insert(
                 id.clone(),
                 Instance {
                     model: model.clone(),
                     stages: stages.clone(),
                     status: InstanceStatus::Placing,
+                    predicted_tokens_per_s: *predicted_tokens_per_s,
                 },
             );
+        }
+        Event::StageStatus {
+            instance,
+            node,
+            status,
+        } => {
+            if let Some(i) = state.instances.get_mut(instance) {
+                for s in i.stages.iter_mut().filter(|s| &s.node == node) {
+                    s.status = status.clone();
+                }
+            }
+            touch(state, node, at);
+        }
+        Event::ModelWanted { model } => {
+            state.wanted.insert(model.name.clone(), model.clone());
+            touch(state, &model.requested_by, at);
+        }
+        Event::ModelUnwanted { name, .. } => {
+            state.wanted.remove(name);
         }
         Event::InstanceStatus { id, status } => {
             if let Some(i) = state.instances.get_mut(id) {

@@ -18,6 +18,6 @@ pub use event::{apply, apply_in_place, Event, LinkMeasurement, SequencedEvent};
 pub use member::{Config, Counters, Input, Member, Output, Role};
 pub use state::{
     ClusterState, DeviceSummary, DeviceTelemetry, Instance, InstanceStatus, LinkStats, NodeEntry,
-    NodeId, Stage,
+    NodeId, Stage, StageStatus, WantedModel,
 };
 pub use wire::{Heartbeat, OrderedEntry, WireMessage, WIRE_VERSION};

@@ -26,6 +26,10 @@ pub mod limits {
     pub const MAX_REFUSAL_KINDS: usize = 32;
     /// Length in bytes of any name, id, address or free-text field.
     pub const MAX_TEXT: usize = 512;
+    /// Models the cluster is asked to serve at once.
+    pub const MAX_WANTED: usize = 64;
+    /// Length in bytes of a wanted model's planner profile.
+    pub const MAX_PROFILE: usize = 64 * 1024;
 }
 
 /// A node's identity: the text of its libp2p `PeerId`. Ordered, because the election picks the
@@ -126,13 +130,48 @@ pub struct NodeEntry {
 }
 
 /// A contiguous range of layers of an instance run by one node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     pub node: NodeId,
     pub device: String,
     pub first_layer: u32,
     /// Exclusive.
     pub end_layer: u32,
+    /// As last reported by the stage's node.
+    #[serde(default)]
+    pub status: StageStatus,
+}
+
+/// How far one node is with its stage of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StageStatus {
+    /// Placed; the node has not reported yet.
+    #[default]
+    Pending,
+    /// Fetching or mapping its weights; `progress` 0.0–1.0.
+    Loading { progress: f64 },
+    Ready,
+    Failed { reason: String },
+}
+
+/// A model the cluster is asked to serve. The coordinator keeps an instance of every wanted
+/// model placed, re-placing it when a stage's node is lost or a better plan appears.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WantedModel {
+    /// The name clients use (`/v1/models`).
+    pub name: String,
+    /// The GGUF file's SHA-256 (hex): what every stage must load, whatever it is called there.
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// The planner's profile of the model (JSON), so the coordinator can plan without the file.
+    pub profile: String,
+    /// The node that asked; it holds the file and serves it to stages that lack it.
+    pub requested_by: NodeId,
+    /// `planner` or `proportional` (the memory-proportional baseline).
+    pub placement: String,
+    /// Positions one sequence may use; every stage reserves KV cache for it.
+    pub context: u32,
 }
 
 /// Lifecycle of a model instance.
@@ -152,6 +191,9 @@ pub struct Instance {
     pub model: String,
     pub stages: Vec<Stage>,
     pub status: InstanceStatus,
+    /// The planner's predicted decode speed for this placement, tokens per second.
+    #[serde(default)]
+    pub predicted_tokens_per_s: f64,
 }
 
 /// The state every member holds, built only by applying the ordered log (or adopting a
@@ -169,6 +211,9 @@ pub struct ClusterState {
     /// `telemetry[node][device id]`.
     pub telemetry: BTreeMap<NodeId, BTreeMap<String, DeviceTelemetry>>,
     pub instances: BTreeMap<String, Instance>,
+    /// Models the cluster should serve, by name.
+    #[serde(default)]
+    pub wanted: BTreeMap<String, WantedModel>,
     /// `refusals[node][kind]`: counters of peers a node refused (wrong key, malformed, …), as
     /// last reported by that node.
     pub refusals: BTreeMap<NodeId, BTreeMap<String, u64>>,

@@ -2,7 +2,7 @@
 
 use hearth_cluster::{
     apply, apply_in_place, ApplyError, ClusterState, DeviceTelemetry, Event, InstanceStatus,
-    LinkMeasurement, SequencedEvent, Stage,
+    LinkMeasurement, SequencedEvent, Stage, StageStatus, WantedModel,
 };
 
 use crate::sim::{device, node_id};
@@ -209,14 +209,17 @@ fn rejoin_replaces_the_entry_and_removal_cascades() {
                     device: "cpu-0".into(),
                     first_layer: 0,
                     end_layer: 15,
+                    status: Default::default(),
                 },
                 Stage {
                     node: node_id(1),
                     device: "cpu-1".into(),
                     first_layer: 15,
                     end_layer: 30,
+                    status: Default::default(),
                 },
             ],
+            predicted_tokens_per_s: 12.5,
         },
         Event::InstanceStatus {
             id: "m1".into(),
@@ -254,4 +257,123 @@ fn state_hash_is_canonical() {
         ClusterState::default().state_hash(),
         ClusterState::default().state_hash()
     );
+}
+
+fn wanted(name: &str, by: usize) -> WantedModel {
+    WantedModel {
+        name: name.into(),
+        sha256: "ab".repeat(32),
+        size_bytes: 1 << 20,
+        profile: "{}".into(),
+        requested_by: node_id(by),
+        placement: "planner".into(),
+        context: 2048,
+    }
+}
+
+#[test]
+fn stages_report_their_own_status_only() {
+    let s = build(vec![
+        joined(0, 1),
+        joined(1, 1),
+        joined(2, 1),
+        Event::InstancePlaced {
+            id: "m1".into(),
+            model: "smollm2".into(),
+            stages: vec![Stage {
+                node: node_id(1),
+                device: "cpu-1".into(),
+                first_layer: 0,
+                end_layer: 30,
+                status: StageStatus::Pending,
+            }],
+            predicted_tokens_per_s: 30.0,
+        },
+    ]);
+    let report = |node: usize, status: StageStatus| Event::StageStatus {
+        instance: "m1".into(),
+        node: node_id(node),
+        status,
+    };
+    let loading = apply(&s, &next(&s, report(1, StageStatus::Loading { progress: 0.5 })))
+        .expect("a stage's node reports");
+    assert_eq!(
+        loading.instances["m1"].stages[0].status,
+        StageStatus::Loading { progress: 0.5 }
+    );
+    assert!(matches!(
+        apply(&s, &next(&s, report(2, StageStatus::Ready))),
+        Err(ApplyError::NotAStage { .. })
+    ));
+    assert!(matches!(
+        apply(&s, &next(&s, report(1, StageStatus::Loading { progress: 1.5 }))),
+        Err(ApplyError::BadFigure { .. })
+    ));
+    let unknown = Event::StageStatus {
+        instance: "m2".into(),
+        node: node_id(1),
+        status: StageStatus::Ready,
+    };
+    assert!(matches!(
+        apply(&s, &next(&s, unknown)),
+        Err(ApplyError::UnknownInstance(_))
+    ));
+}
+
+#[test]
+fn wanted_models_are_replaced_by_name_and_removed() {
+    let s = build(vec![
+        joined(0, 1),
+        joined(1, 1),
+        Event::ModelWanted {
+            model: wanted("smollm2", 1),
+        },
+    ]);
+    assert_eq!(s.wanted["smollm2"].requested_by, node_id(1));
+    let again = apply(
+        &s,
+        &next(
+            &s,
+            Event::ModelWanted {
+                model: WantedModel {
+                    context: 512,
+                    ..wanted("smollm2", 0)
+                },
+            },
+        ),
+    )
+    .expect("a second request replaces the first");
+    assert_eq!(again.wanted.len(), 1);
+    assert_eq!(again.wanted["smollm2"].context, 512);
+    let mut huge = wanted("big", 0);
+    huge.profile = "x".repeat(hearth_cluster::state::limits::MAX_PROFILE + 1);
+    assert!(matches!(
+        apply(&s, &next(&s, Event::ModelWanted { model: huge })),
+        Err(ApplyError::TooLong { .. })
+    ));
+    let gone = apply(
+        &again,
+        &next(
+            &again,
+            Event::ModelUnwanted {
+                name: "smollm2".into(),
+                requested_by: node_id(0),
+            },
+        ),
+    )
+    .expect("unwanted");
+    assert!(gone.wanted.is_empty());
+    assert!(matches!(
+        apply(
+            &gone,
+            &next(
+                &gone,
+                Event::ModelUnwanted {
+                    name: "smollm2".into(),
+                    requested_by: node_id(0),
+                },
+            ),
+        ),
+        Err(ApplyError::UnknownModel(_))
+    ));
 }
