@@ -71,6 +71,16 @@ impl Sampler {
         self.recent.push_back(token);
     }
 
+    /// Advances the random stream as `n` samples would have, so a sampler rebuilt elsewhere to
+    /// continue a sequence draws what the original would have drawn next.
+    pub fn skip_draws(&mut self, n: u64) {
+        if self.config.temperature > 0.0 {
+            for _ in 0..n {
+                self.rng.next_f64();
+            }
+        }
+    }
+
     /// Picks the next token from `logits`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = &self.config;
@@ -210,6 +220,21 @@ mod tests {
         });
         s.accept(5);
         assert_eq!(s.sample(&logits()), 1);
+    }
+
+    #[test]
+    fn a_sampler_that_skips_the_draws_made_continues_the_stream() {
+        let config = SamplerConfig {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
+        let mut whole = Sampler::new(config.clone());
+        let all: Vec<u32> = (0..40).map(|_| whole.sample(&logits())).collect();
+        let mut resumed = Sampler::new(config);
+        resumed.skip_draws(25);
+        let rest: Vec<u32> = (25..40).map(|_| resumed.sample(&logits())).collect();
+        assert_eq!(rest, all[25..]);
     }
 
     #[test]
