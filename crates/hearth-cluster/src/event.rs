@@ -82,9 +82,14 @@ pub enum Event {
         status: StageStatus,
     },
     /// A member asks the cluster to serve a model (replaces an earlier request of that name).
-    ModelWanted { model: WantedModel },
+    ModelWanted {
+        model: WantedModel,
+    },
     /// A member asks the cluster to stop serving a model.
-    ModelUnwanted { name: String, requested_by: NodeId },
+    ModelUnwanted {
+        name: String,
+        requested_by: NodeId,
+    },
     /// First event of every reign: `coordinator` orders from here on, in `epoch`.
     CoordinatorChanged {
         coordinator: NodeId,
@@ -412,6 +417,7 @@ fn check_event(state: &ClusterState, event: &Event) -> Result<(), ApplyError> {
             member(state, &model.requested_by)?;
             text("model.name", &model.name)?;
             text("model.sha256", &model.sha256)?;
+            text("model.source", &model.source)?;
             text("model.placement", &model.placement)?;
             if model.profile.len() > limits::MAX_PROFILE {
                 return Err(ApplyError::TooLong {

@@ -150,9 +150,13 @@ pub enum StageStatus {
     #[default]
     Pending,
     /// Fetching or mapping its weights; `progress` 0.0–1.0.
-    Loading { progress: f64 },
+    Loading {
+        progress: f64,
+    },
     Ready,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// A model the cluster is asked to serve. The coordinator keeps an instance of every wanted
@@ -164,6 +168,9 @@ pub struct WantedModel {
     /// The GGUF file's SHA-256 (hex): what every stage must load, whatever it is called there.
     pub sha256: String,
     pub size_bytes: u64,
+    /// What the requester was asked for (a catalog name or a path on its machine): a node
+    /// tries it locally before fetching the file from the requester.
+    pub source: String,
     /// The planner's profile of the model (JSON), so the coordinator can plan without the file.
     pub profile: String,
     /// The node that asked; it holds the file and serves it to stages that lack it.

@@ -21,6 +21,8 @@ struct Shared {
     shutdown: AtomicBool,
     sleeping: Vec<AtomicBool>,
     panicked: AtomicBool,
+    /// Set by [`ThreadPool::rest`]: idle workers park at once instead of spinning.
+    resting: AtomicBool,
 }
 
 /// A fixed set of threads that run closures together. The calling thread takes part as
@@ -42,6 +44,7 @@ impl ThreadPool {
             shutdown: AtomicBool::new(false),
             sleeping: (0..threads).map(|_| AtomicBool::new(false)).collect(),
             panicked: AtomicBool::new(false),
+            resting: AtomicBool::new(false),
         });
         let workers = (1..threads)
             .map(|index| {
@@ -65,6 +68,13 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
+    /// Tells idle workers to sleep now rather than spin for the next region: for a caller that
+    /// knows no work follows soon (a pipeline stage between tokens), so the cores go to
+    /// whatever runs next (another stage on the same machine). The next `run` wakes them.
+    pub fn rest(&self) {
+        self.shared.resting.store(true, Ordering::SeqCst);
+    }
+
     /// Runs `job(thread_index, thread_count)` on every thread of the pool and returns when all
     /// have finished.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync + '_)) {
@@ -74,6 +84,7 @@ impl ThreadPool {
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.resting.store(false, Ordering::SeqCst);
         // SAFETY: the reference is only used by workers until `pending` drops to zero, which
         // this function waits for before returning, so it never outlives the borrow.
         let job_static: &'static Job = unsafe {
@@ -118,7 +129,7 @@ fn worker_loop(shared: &Shared, index: usize, threads: usize) {
                 break;
             }
             spins += 1;
-            if spins < SPIN_LIMIT {
+            if spins < SPIN_LIMIT && !shared.resting.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             } else {
                 shared.sleeping[index].store(true, Ordering::SeqCst);
@@ -221,6 +232,28 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_resting_pool_parks_its_workers_and_still_runs_the_next_job() {
+        let pool = ThreadPool::new(3);
+        let count = AtomicUsize::new(0);
+        for _ in 0..50 {
+            pool.run(&|_, _| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            pool.rest();
+            // Parked at once rather than after the spin limit.
+            let start = std::time::Instant::now();
+            while !pool.shared.sleeping[1..]
+                .iter()
+                .all(|s| s.load(Ordering::SeqCst))
+            {
+                assert!(start.elapsed() < std::time::Duration::from_secs(5));
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 150);
     }
 
     #[test]

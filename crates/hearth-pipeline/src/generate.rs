@@ -110,7 +110,15 @@ pub fn generate(
         let route = routes
             .route(patience.placement_wait)
             .ok_or(GenerateError::NoPlacement(patience.placement_wait))?;
-        match run_on(owner, routes, &route, request, patience, &mut generated, on_token) {
+        match run_on(
+            owner,
+            routes,
+            &route,
+            request,
+            patience,
+            &mut generated,
+            on_token,
+        ) {
             Ok(ending) => {
                 return Ok(Outcome {
                     ending,
@@ -122,7 +130,8 @@ pub fn generate(
                 let movable = matches!(
                     error,
                     SessionError::InstanceGone | SessionError::TimedOut(_)
-                ) || (matches!(error, SessionError::StageFailed(_)) && !routes.alive(&route));
+                ) || (matches!(error, SessionError::StageFailed(_))
+                    && !routes.alive(&route));
                 if !movable || resumes >= patience.max_resumes {
                     return Err(GenerateError::Interrupted {
                         generated: generated.len(),

@@ -276,6 +276,9 @@ pub fn spawn(
         .spawn(move || {
             while let Some(msg) = rx.blocking_recv() {
                 worker.handle(msg, out.as_ref());
+                if rx.is_empty() {
+                    worker.shard.pool().rest();
+                }
             }
         })?;
     Ok(StageHandle { queue: tx })

@@ -57,9 +57,7 @@ impl Owner {
             _ => return false,
         };
         let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        waiting
-            .get(&key)
-            .is_some_and(|tx| tx.send(reply).is_ok())
+        waiting.get(&key).is_some_and(|tx| tx.send(reply).is_ok())
     }
 
     /// Sessions currently open.

@@ -22,9 +22,7 @@ fn model() -> Arc<GgufFile> {
     FILE.get_or_init(|| {
         let dir = std::env::var_os("HEARTH_TEST_MODEL_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
-            });
+            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")));
         let path = dir.join(TEST_MODEL);
         assert!(
             path.is_file(),
@@ -232,8 +230,15 @@ fn three_stages_match_the_local_engine_bit_for_bit() {
         routes: Mutex::new(vec![placement]),
     };
     let expected = local(&prompt(), 24, SamplerConfig::default());
-    let (got, resumes) = run(&owner, &routes, &prompt(), 24, SamplerConfig::default(), |_| {})
-        .expect("pipeline generation");
+    let (got, resumes) = run(
+        &owner,
+        &routes,
+        &prompt(),
+        24,
+        SamplerConfig::default(),
+        |_| {},
+    )
+    .expect("pipeline generation");
     assert_eq!(got, expected);
     assert_eq!(resumes, 0);
     let seeded = SamplerConfig {
@@ -304,9 +309,16 @@ fn concurrent_sequences_interleave_without_mixing() {
                 let owner = owner.clone();
                 let routes = routes.clone();
                 s.spawn(move || {
-                    run(&owner, routes.as_ref(), p, 12, SamplerConfig::default(), |_| {})
-                        .expect("concurrent generation")
-                        .0
+                    run(
+                        &owner,
+                        routes.as_ref(),
+                        p,
+                        12,
+                        SamplerConfig::default(),
+                        |_| {},
+                    )
+                    .expect("concurrent generation")
+                    .0
                 })
             })
             .collect();
@@ -436,7 +448,10 @@ fn malformed_messages_are_refused_with_a_reason() {
         Message::decode(&wrong_version),
         Err(ProtocolError::Version(9))
     );
-    assert_eq!(Message::decode(&[1, 77]), Err(ProtocolError::UnknownTag(77)));
+    assert_eq!(
+        Message::decode(&[1, 77]),
+        Err(ProtocolError::UnknownTag(77))
+    );
     assert_eq!(Message::decode(&[]), Err(ProtocolError::Truncated));
     assert_eq!(
         Message::decode(&open[..open.len() - 1]),

@@ -264,6 +264,7 @@ fn wanted(name: &str, by: usize) -> WantedModel {
         name: name.into(),
         sha256: "ab".repeat(32),
         size_bytes: 1 << 20,
+        source: "models/smollm2.gguf".into(),
         profile: "{}".into(),
         requested_by: node_id(by),
         placement: "planner".into(),
@@ -295,8 +296,11 @@ fn stages_report_their_own_status_only() {
         node: node_id(node),
         status,
     };
-    let loading = apply(&s, &next(&s, report(1, StageStatus::Loading { progress: 0.5 })))
-        .expect("a stage's node reports");
+    let loading = apply(
+        &s,
+        &next(&s, report(1, StageStatus::Loading { progress: 0.5 })),
+    )
+    .expect("a stage's node reports");
     assert_eq!(
         loading.instances["m1"].stages[0].status,
         StageStatus::Loading { progress: 0.5 }
@@ -306,7 +310,10 @@ fn stages_report_their_own_status_only() {
         Err(ApplyError::NotAStage { .. })
     ));
     assert!(matches!(
-        apply(&s, &next(&s, report(1, StageStatus::Loading { progress: 1.5 }))),
+        apply(
+            &s,
+            &next(&s, report(1, StageStatus::Loading { progress: 1.5 }))
+        ),
         Err(ApplyError::BadFigure { .. })
     ));
     let unknown = Event::StageStatus {

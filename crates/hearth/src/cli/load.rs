@@ -123,19 +123,7 @@ impl LoadedModel {
 
     /// The model's chat template, or ChatML when the file has none.
     pub fn chat_template(&self) -> anyhow::Result<ChatTemplate> {
-        let md = self.file.metadata();
-        if md.get("tokenizer.chat_template").is_some() {
-            return ChatTemplate::from_metadata(md).context("the model's chat template is invalid");
-        }
-        let text = |id: Option<u32>| {
-            id.and_then(|i| self.tokenizer.token_text(i))
-                .unwrap_or_default()
-                .to_string()
-        };
-        Ok(ChatTemplate::chatml(
-            text(self.tokenizer.bos()),
-            text(self.tokenizer.eos()),
-        ))
+        chat_template(&self.file, &self.tokenizer)
     }
 
     pub fn load_chain(&self, args: &EngineArgs, sequences: usize) -> anyhow::Result<ShardChain> {
@@ -177,6 +165,31 @@ impl LoadedModel {
         ShardChain::load(Arc::clone(&self.file), &ranges, options)
             .with_context(|| format!("cannot run {}", self.path.display()))
     }
+}
+
+/// The chat template in a model file, or ChatML when it has none.
+pub fn chat_template(file: &GgufFile, tokenizer: &Tokenizer) -> anyhow::Result<ChatTemplate> {
+    let md = file.metadata();
+    if md.get("tokenizer.chat_template").is_some() {
+        return ChatTemplate::from_metadata(md).context("the model's chat template is invalid");
+    }
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.token_text(i))
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(ChatTemplate::chatml(
+        text(tokenizer.bos()),
+        text(tokenizer.eos()),
+    ))
+}
+
+/// The context length a model was trained with.
+pub fn training_context(path: &std::path::Path) -> anyhow::Result<usize> {
+    let file = GgufFile::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let config = ModelConfig::from_gguf(&file)
+        .with_context(|| format!("unsupported model {}", path.display()))?;
+    Ok(config.context_length)
 }
 
 /// Peak resident memory of this process, from the kernel's high-water mark.

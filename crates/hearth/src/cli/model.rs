@@ -29,12 +29,51 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running cluster to serve a model, and wait until it is placed and loaded.
+    ///
+    /// The node at --api resolves the model (a catalog name, or a path on that node's
+    /// machine), the coordinator places it on the fleet, and every node's API serves it.
+    Load {
+        /// Catalog name or .gguf path (on the machine of the node at --api).
+        model: String,
+        #[command(flatten)]
+        api: super::remote::ApiArgs,
+        /// The planner's plan, or layers in proportion to memory (the common baseline).
+        #[arg(long, value_enum, default_value = "planner")]
+        placement: crate::node::instances::models::Placement,
+        /// Positions one request may use (default: the model's training context, at most
+        /// 4096).
+        #[arg(long)]
+        context: Option<usize>,
+        /// Return once the request is accepted instead of waiting for the model to be ready.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Stop serving a model: its instances drain and are removed.
+    Unload {
+        /// The model's name as `/v1/models` lists it.
+        model: String,
+        #[command(flatten)]
+        api: super::remote::ApiArgs,
+    },
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Pull { name, force } => pull(&name, force),
         ModelCommand::List { json } => list(json),
+        ModelCommand::Load {
+            model,
+            api,
+            placement,
+            context,
+            no_wait,
+            timeout_s,
+        } => super::remote::load(&api, &model, placement, context, no_wait, timeout_s),
+        ModelCommand::Unload { model, api } => super::remote::unload(&api, &model),
     }
 }
 

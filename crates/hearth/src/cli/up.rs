@@ -1,13 +1,18 @@
 //! `hearth up`: start a node. It finds and admits peers, agrees with them on one cluster state
-//! and serves the HTTP API until interrupted; with `--model` it also runs that model here and
-//! serves it through the OpenAI-compatible API.
+//! and serves the HTTP API until interrupted. It asks the cluster to serve a model (`--model`,
+//! by default the catalog's default model): the coordinator places it on the fleet, the chosen
+//! nodes load their layers, and every node's OpenAI-compatible API serves it.
 
 use super::declared::Declared;
 use super::devices::measured_cpu;
-use super::load::{parse_size, EngineArgs, LoadedModel, ModelArgs};
-use crate::node::driver::{now_ms, Driver, LocalFact};
-use crate::node::openai::engine::LocalGenerator;
-use crate::node::openai::{self, OpenAi, ServedModel, Serving};
+use super::load::parse_size;
+use crate::node::admin::Admin;
+use crate::node::driver::{now_ms, Driver, LocalFact, ServingHooks};
+use crate::node::instances::models::{self, HashCache, Placement};
+use crate::node::instances::plan::{Reconciler, ServePolicy};
+use crate::node::instances::stages::StageSettings;
+use crate::node::instances::{self, ServingSetup};
+use crate::node::openai::{self, OpenAi, ServedModels};
 use crate::node::view::View;
 use crate::node::{api, facts};
 use anyhow::{bail, Context};
@@ -57,19 +62,32 @@ pub struct UpArgs {
     /// Stand in for a declared device (see `hearth run --help`).
     #[arg(long, value_name = "FILE")]
     pub device_profile: Option<PathBuf>,
-    /// Run this model on this node and serve it on the API's `/v1/...` endpoints: a catalog
-    /// name (see `hearth model list`) or a path to a .gguf file. Default: no model.
-    #[arg(long, short = 'm', value_name = "MODEL")]
+    /// Ask the cluster to serve this model: a catalog name (see `hearth model list`) or a
+    /// path to a .gguf file. The coordinator places it on the devices the planner chooses
+    /// (split across nodes when one cannot hold it) and every node's API serves it.
+    /// Default: the catalog's default model, smollm2-135m.
+    #[arg(long, short = 'm', value_name = "MODEL", conflicts_with = "no_model")]
     pub model: Option<String>,
-    /// Compute threads for the model (default: all cores).
-    #[arg(long, short = 't', requires = "model")]
+    /// Ask for no model: this node joins the cluster and runs whatever is placed on it.
+    #[arg(long)]
+    pub no_model: bool,
+    /// How the model asked for here is placed: the planner's plan, or layers in proportion
+    /// to each device's memory (the common baseline, for comparison).
+    #[arg(long, value_enum, default_value = "planner")]
+    pub placement: Placement,
+    /// Compute threads of each stage run here (default: all cores).
+    #[arg(long, short = 't')]
     pub threads: Option<usize>,
-    /// Positions (prompt + generated tokens) one request may use (default: the model's
-    /// training context, at most 4096).
-    #[arg(long, requires = "model")]
+    /// Positions (prompt + generated tokens) one request may use, for the model asked for
+    /// here (default: the model's training context, at most 4096).
+    #[arg(long)]
     pub context: Option<usize>,
-    /// Refuse to load the model if weights, KV cache and scratch exceed this size.
-    #[arg(long, value_parser = parse_size, requires = "model")]
+    /// Requests each instance generates at once (each holds a KV cache on every stage).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub parallel: u64,
+    /// Offer at most this much memory to the planner (e.g. `60MiB`), so one machine can hold
+    /// a cluster that must split a model.
+    #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<u64>,
     /// Largest request body the API accepts (e.g. `1MiB`).
     #[arg(long, value_parser = parse_size, default_value = "1MiB")]
@@ -140,13 +158,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(Declared::load)
         .transpose()?;
+    // An explicit model must exist before the node starts; the default one is best effort.
+    let model = match (&args.model, args.no_model) {
+        (Some(m), _) => Some(resolve(m).with_context(|| format!("--model {m}"))?),
+        (None, true) => None,
+        (None, false) => match resolve(DEFAULT_MODEL) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!(
+                    "warning: the default model {DEFAULT_MODEL} is not available ({e:#}); \
+                     this node serves what the cluster places on it"
+                );
+                None
+            }
+        },
+    };
     let openai = OpenAi {
-        serving: args
-            .model
-            .as_deref()
-            .map(|m| load_model(m, &args))
-            .transpose()?
-            .map(Arc::new),
+        models: ServedModels::default(),
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +182,29 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, data_dir, key, declared, openai))
+    runtime.block_on(serve(args, data_dir, key, declared, openai, model))
+}
+
+/// The model `hearth up` asks for when given none.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+/// A model spec and the file it names on this machine (pulled from the catalog if needed).
+struct Requested {
+    spec: String,
+    path: PathBuf,
+}
+
+fn resolve(spec: &str) -> anyhow::Result<Requested> {
+    let path = super::model::resolve_or_pull(spec)?;
+    // A relative path means nothing to other nodes; they get the file from this one.
+    let spec = if Path::new(spec).is_file() {
+        std::fs::canonicalize(spec)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| spec.to_string())
+    } else {
+        spec.to_string()
+    };
+    Ok(Requested { spec, path })
 }
 
 async fn serve(
@@ -163,6 +213,7 @@ async fn serve(
     key: ClusterKey,
     declared: Option<Declared>,
     openai: OpenAi,
+    model: Option<Requested>,
 ) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(host_name);
     let mut cfg = NetConfig::new(&data_dir, key);
@@ -205,7 +256,45 @@ async fn serve(
 
     let (fact_tx, fact_rx) = mpsc::channel(64);
     let declared = declared.map(Arc::new);
-    spawn_device_facts(id.clone(), declared.clone(), fact_tx.clone());
+    let parallel = args.parallel as usize;
+    let links = instances::start(ServingSetup {
+        me: id.clone(),
+        data_dir: data_dir.clone(),
+        net: net.clone(),
+        view: Arc::clone(&view),
+        models: openai.models.clone(),
+        facts: fact_tx.clone(),
+        stage: StageSettings {
+            threads: args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
+            sequences: parallel,
+            compute_share: declared.as_ref().map_or(1.0, |d| d.compute_share),
+            ..StageSettings::default()
+        },
+        workers: parallel,
+        queue: args.max_queue as usize,
+    });
+    if let Some(m) = model {
+        let request = ModelRequest {
+            model: m,
+            placement: args.placement,
+            context: args.context,
+            me: id.clone(),
+            hashes: Arc::clone(&links.hashes),
+            facts: fact_tx.clone(),
+            view: Arc::clone(&view),
+        };
+        tokio::task::spawn_blocking(move || request.run());
+    }
+    let fact_tx_admin = fact_tx.clone();
+    spawn_device_facts(
+        id.clone(),
+        declared.clone(),
+        args.memory_limit,
+        fact_tx.clone(),
+    );
     spawn_telemetry(
         id.clone(),
         declared.clone(),
@@ -214,7 +303,13 @@ async fn serve(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai))
+    let admin = Admin {
+        view: Arc::clone(&view),
+        me: id.clone(),
+        facts: fact_tx_admin,
+        hashes: Arc::clone(&links.hashes),
+    };
+    let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai, admin))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });
     let driver = Driver {
@@ -223,6 +318,15 @@ async fn serve(
         view,
         tick: Duration::from_millis(100),
         refusal_report: Duration::from_secs(1),
+        serving: ServingHooks {
+            states: links.states,
+            streams: links.streams,
+            reconciler: Reconciler::new(ServePolicy {
+                sequences: parallel,
+                ..ServePolicy::default()
+            }),
+            published_hash: 0,
+        },
     };
     let driver = tokio::spawn(driver.run(events, fact_rx, stop_rx));
 
@@ -237,56 +341,68 @@ async fn serve(
     }
 }
 
-/// Loads the model as `hearth run` does and starts its engine thread; the API then serves it.
-fn load_model(model: &str, args: &UpArgs) -> anyhow::Result<Serving> {
-    let loaded = LoadedModel::open(&ModelArgs {
-        model: model.to_string(),
-    })?;
-    let template = loaded.chat_template()?;
-    let chain = loaded.load_chain(
-        &EngineArgs {
-            threads: args.threads,
-            layers: None,
-            context: args.context,
-            memory_limit: args.memory_limit,
-            device_profile: args.device_profile.clone(),
-        },
-        1,
-    )?;
-    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let stem = loaded
-        .path
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned());
-    // A catalog name is the model's id; a path is known by its file name without `.gguf`.
-    let is_path = model.contains(std::path::MAIN_SEPARATOR) || model.ends_with(".gguf");
-    let id = match (&stem, is_path) {
-        (Some(s), true) => s.clone(),
-        _ => model.to_string(),
-    };
-    let aliases = [Some(model.to_string()), file_name(&loaded.path), stem]
-        .into_iter()
-        .flatten()
-        .collect();
-    let tokenizer = Arc::new(loaded.tokenizer);
-    let generator = LocalGenerator::new(chain, &tokenizer);
-    let served = ServedModel {
-        id,
-        aliases,
-        created: now_ms() / 1000,
-        tokenizer,
-        template,
-        context: 0,
-    };
-    let serving = Serving::start(served, generator, args.max_queue as usize)
-        .context("cannot start the engine thread")?;
-    eprintln!(
-        "serving {} ({} positions per request) from {}",
-        serving.model.id,
-        serving.model.context,
-        loaded.path.display()
-    );
-    Ok(serving)
+/// Asks the cluster to serve a model: hashes and profiles the file, then proposes it until the
+/// state holds it (a proposal made before this node is a member, or lost to a change of
+/// coordinator, is simply made again).
+struct ModelRequest {
+    model: Requested,
+    placement: Placement,
+    context: Option<usize>,
+    me: NodeId,
+    hashes: Arc<HashCache>,
+    facts: mpsc::Sender<LocalFact>,
+    view: crate::node::view::SharedView,
+}
+
+impl ModelRequest {
+    fn run(self) {
+        let context = match self.context {
+            Some(c) => c,
+            None => match crate::cli::load::training_context(&self.model.path) {
+                Ok(c) => c.min(4096),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot read the model");
+                    return;
+                }
+            },
+        };
+        let wanted = match models::wanted(
+            &self.model.spec,
+            &self.model.path,
+            &self.hashes,
+            &self.me,
+            self.placement,
+            context,
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot describe the model");
+                return;
+            }
+        };
+        eprintln!(
+            "asking the cluster to serve {} ({} bytes, sha256 {}, {} placement)",
+            wanted.name, wanted.size_bytes, wanted.sha256, wanted.placement
+        );
+        loop {
+            let held = self.view.read().is_ok_and(|v| {
+                v.state
+                    .wanted
+                    .get(&wanted.name)
+                    .is_some_and(|w| w.sha256 == wanted.sha256)
+            });
+            if held {
+                return;
+            }
+            let event = Event::ModelWanted {
+                model: wanted.clone(),
+            };
+            if self.facts.blocking_send(LocalFact::Propose(event)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
@@ -323,6 +439,7 @@ async fn shutdown_signal() {
 fn spawn_device_facts(
     node: NodeId,
     declared: Option<Arc<Declared>>,
+    memory_limit: Option<u64>,
     facts: mpsc::Sender<LocalFact>,
 ) {
     tokio::task::spawn_blocking(move || {
@@ -337,7 +454,12 @@ fn spawn_device_facts(
                 }
             }
         };
-        let devices = facts::devices(cpu.as_ref(), declared.as_deref());
+        let mut devices = facts::devices(cpu.as_ref(), declared.as_deref());
+        if let Some(limit) = memory_limit {
+            for d in &mut devices {
+                d.memory_budget_bytes = d.memory_budget_bytes.min(limit);
+            }
+        }
         let _ = facts.blocking_send(LocalFact::Propose(Event::DeviceInfo { node, devices }));
     });
 }

@@ -1,5 +1,6 @@
-//! The node's HTTP server: cluster admin endpoints and the OpenAI-compatible API.
+//! The node's HTTP server: cluster and model admin endpoints and the OpenAI-compatible API.
 
+use super::admin::{self, Admin};
 use super::openai::{self, handlers, OpenAi};
 use super::view::SharedView;
 use axum::extract::State;
@@ -9,12 +10,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub fn router(view: SharedView, api: OpenAi) -> Router {
+pub fn router(view: SharedView, api: OpenAi, admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/cluster", get(cluster))
         .route("/api/cluster/log", get(cluster_log))
         .with_state(view)
+        .merge(admin::router(admin))
         .merge(openai::router(api))
         // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.
         .fallback(handlers::not_found)

@@ -2,10 +2,14 @@
 //! network sends. One task owns the member, so its state needs no lock; readers get a copy
 //! through the shared [`View`].
 
+use super::instances::plan::Reconciler;
 use super::view::{Refusal, SharedView};
+use hearth_cluster::ClusterState;
 use hearth_cluster::{Event, Input, LinkMeasurement, Member, NodeId, Output, Role};
+use hearth_net::DataStream;
 use hearth_net::{NetEvent, NetHandle, PeerId};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -30,7 +34,21 @@ pub struct Driver {
     pub tick: Duration,
     /// How often this node's refusal counters are republished when they changed.
     pub refusal_report: Duration,
+    /// Serving's side of the loop: where states and incoming data streams go, and the
+    /// coordinator's placement decisions.
+    pub serving: ServingHooks,
 }
+
+pub struct ServingHooks {
+    pub states: tokio::sync::watch::Sender<Arc<ClusterState>>,
+    pub streams: mpsc::Sender<DataStream>,
+    pub reconciler: Reconciler,
+    /// Hash of the state last sent on `states`, so watchers wake only for a new state.
+    pub published_hash: u64,
+}
+
+/// How often the coordinator reconsiders placements when nothing changed.
+const RECONCILE_EVERY_MS: u64 = 250;
 
 impl Driver {
     /// Runs until `shutdown` fires, then says goodbye to the cluster.
@@ -45,6 +63,7 @@ impl Driver {
         let mut last_refusals: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_refusal_report = 0u64;
         let mut last_mesh_check = 0u64;
+        let mut last_reconcile = 0u64;
         let mut facts_open = true;
         loop {
             let input = tokio::select! {
@@ -81,6 +100,15 @@ impl Driver {
                     let outputs = self
                         .member
                         .handle(Input::Propose(Event::RefusalCounts { node, counts }), now);
+                    changed |= self.dispatch(outputs);
+                }
+            }
+            if self.member.is_acting_coordinator()
+                && (changed || now.saturating_sub(last_reconcile) >= RECONCILE_EVERY_MS)
+            {
+                last_reconcile = now;
+                for event in self.serving.reconciler.decide(self.member.state(), now) {
+                    let outputs = self.member.handle(Input::Propose(event), now);
                     changed |= self.dispatch(outputs);
                 }
             }
@@ -149,8 +177,12 @@ impl Driver {
                 }
                 None
             }
-            // Data streams carry tensors for serving; nothing here reads them yet.
-            NetEvent::Stream { .. } => None,
+            NetEvent::Stream { stream, .. } => {
+                if self.serving.streams.try_send(stream).is_err() {
+                    tracing::warn!("too many data streams waiting; one dropped");
+                }
+                None
+            }
         }
     }
 
@@ -229,11 +261,18 @@ impl Driver {
         }
     }
 
-    fn publish(&self, now: u64) {
+    fn publish(&mut self, now: u64) {
+        let m = &self.member;
+        let hash = m.state_hash();
+        if self.serving.published_hash != hash {
+            self.serving.published_hash = hash;
+            self.serving
+                .states
+                .send_replace(Arc::new(m.state().clone()));
+        }
         let Ok(mut v) = self.view.write() else {
             return;
         };
-        let m = &self.member;
         v.state = m.state().clone();
         v.state_hash = m.state_hash();
         v.coordinator = Some(m.coordinator(now));
@@ -241,6 +280,16 @@ impl Driver {
         v.live_peers = m.live_peers(now).iter().map(|p| p.to_string()).collect();
         v.net = self.net.counters();
         v.cluster = m.counters().clone();
+        v.placement_errors = if m.is_acting_coordinator() {
+            self.serving
+                .reconciler
+                .placement_errors()
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect()
+        } else {
+            Default::default()
+        };
         v.log = m
             .log()
             .map(|e| (e.event.seq, e.event.epoch, e.event.event.kind()))

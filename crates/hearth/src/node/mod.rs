@@ -5,8 +5,10 @@
 //! member and its outputs into network sends; [`view`] is what the loop publishes for the API;
 //! [`api`] serves it, with [`openai`], the OpenAI-compatible API of a model run on this node.
 
+pub mod admin;
 pub mod api;
 pub mod driver;
 pub mod facts;
+pub mod instances;
 pub mod openai;
 pub mod view;

@@ -35,6 +35,8 @@ pub struct View {
     pub recent_refusals: VecDeque<Refusal>,
     /// `(seq, epoch, kind)` of the events this node holds for replay, oldest first.
     pub log: Vec<(u64, u64, &'static str)>,
+    /// Models this node, as coordinator, could not place, and why.
+    pub placement_errors: std::collections::BTreeMap<String, String>,
 }
 
 pub type SharedView = Arc<RwLock<View>>;

@@ -1,7 +1,7 @@
 //! `hearth up --model`: the OpenAI-compatible API of a model run on the node, over real HTTP.
 
 use super::*;
-use crate::cluster::harness::{get, measured_home, Node, TempDir};
+use crate::cluster::harness::{get, measured_home, wait_for_model, Node, TempDir};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
@@ -34,6 +34,11 @@ fn serve(tag: &str, extra: &[&str]) -> Served {
     }
     args.extend(extra.iter().filter(|a| **a != "--no-model"));
     let node = Node::start(tag, &dir.0.join("node"), &home.0, &args);
+    if !extra.contains(&"--no-model") {
+        // The coordinator (this node) places the model once its device is known; the API
+        // serves it once the stage reports ready.
+        wait_for_model(&node, Duration::from_secs(60));
+    }
     Served {
         node,
         _home: home,
@@ -365,7 +370,8 @@ fn serve_refuses_bad_requests_in_openai_shape_and_keeps_serving() {
 
 #[test]
 fn serve_queue_is_bounded_and_a_client_that_leaves_stops_its_generation() {
-    let served = serve("serve-queue", &["--max-queue", "1"]);
+    // One request generates at a time, one may wait.
+    let served = serve("serve-queue", &["--max-queue", "1", "--parallel", "1"]);
     let api = served.node.api.clone();
     // Counting goes on for as long as it is allowed to.
     let long = r#"{"prompt":"1, 2, 3, 4, 5,","temperature":0,"max_tokens":3000,"stream":true}"#;
@@ -380,7 +386,7 @@ fn serve_queue_is_bounded_and_a_client_that_leaves_stops_its_generation() {
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("data: {"), "{line:?}");
 
-    // The engine is busy: one request may wait, the next is refused.
+    // The one worker is busy: one request may wait, the next is refused.
     let waiting = {
         let api = api.clone();
         std::thread::spawn(move || {

@@ -1,16 +1,16 @@
-//! The engine thread: it owns the model and runs one request at a time, fed through a bounded
-//! queue; each request's text goes back through its own bounded channel, so a slow reader slows
-//! its own generation instead of growing a buffer, and a reader that goes away stops it.
+//! The engine workers: threads that take requests from a bounded queue, each running one
+//! generation at a time; each request's text goes back through its own bounded channel, so a
+//! slow reader slows its own generation instead of growing a buffer, and a reader that goes
+//! away stops it.
 //!
-//! What produces tokens sits behind [`Generator`], so the pipeline across nodes can take the
-//! place of the local [`ShardChain`] without the API noticing.
+//! What produces tokens sits behind [`Generator`]: the node's is the pipeline across the
+//! instance's stages, tests may plug in anything.
 
 use super::text::{Detokenizer, StopMatcher};
-use hearth_engine::{Sampler, SamplerConfig, ShardChain};
+use hearth_engine::SamplerConfig;
 use hearth_model::tokenizer::Tokenizer;
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Why a generation ended, as the generator sees it.
@@ -40,57 +40,6 @@ pub trait Generator: Send + 'static {
         sampling: SamplerConfig,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Ending, String>;
-}
-
-/// The whole model in this process.
-pub struct LocalGenerator {
-    chain: ShardChain,
-    end_ids: HashSet<u32>,
-}
-
-impl LocalGenerator {
-    pub fn new(chain: ShardChain, tokenizer: &Tokenizer) -> LocalGenerator {
-        LocalGenerator {
-            chain,
-            end_ids: tokenizer.end_of_generation_ids().collect(),
-        }
-    }
-}
-
-impl Generator for LocalGenerator {
-    fn context(&self) -> usize {
-        self.chain.context()
-    }
-
-    fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_tokens: usize,
-        sampling: SamplerConfig,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Ending, String> {
-        let mut sampler = Sampler::new(sampling);
-        let end_ids = &self.end_ids;
-        let stats = self
-            .chain
-            .generate(
-                prompt,
-                max_tokens,
-                &mut sampler,
-                |t| end_ids.contains(&t),
-                on_token,
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(if stats.stopped {
-            Ending::EndOfGeneration
-        } else if stats.context_full {
-            Ending::ContextFull
-        } else if stats.generated_tokens >= max_tokens {
-            Ending::MaxTokens
-        } else {
-            Ending::Cancelled
-        })
-    }
 }
 
 /// OpenAI's `finish_reason`.
@@ -155,21 +104,36 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread with room for `queue` waiting requests.
-pub fn start(
-    generator: impl Generator,
+/// Starts `workers` threads, each generating with its own clone of `generator`, with room for
+/// `queue` waiting requests.
+pub fn start<G: Generator + Clone>(
+    generator: G,
+    workers: usize,
     tokenizer: Arc<Tokenizer>,
     queue: usize,
 ) -> std::io::Result<EngineHandle> {
     let (tx, rx) = mpsc::channel(queue.max(1));
-    std::thread::Builder::new()
-        .name("hearth-engine".into())
-        .spawn(move || engine_loop(generator, &tokenizer, rx))?;
+    let jobs = Arc::new(Mutex::new(rx));
+    for i in 0..workers.max(1) {
+        let generator = generator.clone();
+        let tokenizer = Arc::clone(&tokenizer);
+        let jobs = Arc::clone(&jobs);
+        std::thread::Builder::new()
+            .name(format!("hearth-engine-{i}"))
+            .spawn(move || engine_loop(generator, &tokenizer, &jobs))?;
+    }
     Ok(EngineHandle { jobs: tx })
 }
 
-fn engine_loop(mut generator: impl Generator, tok: &Tokenizer, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.blocking_recv() {
+/// The next job; the lock is held only by the one idle worker that waits for it.
+fn next_job(jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
+    jobs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .blocking_recv()
+}
+
+fn engine_loop(mut generator: impl Generator, tok: &Tokenizer, jobs: &Mutex<mpsc::Receiver<Job>>) {
+    while let Some(job) = next_job(jobs) {
         if job.events.is_closed() {
             // The client left while the request waited.
             continue;

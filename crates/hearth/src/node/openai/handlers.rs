@@ -107,7 +107,8 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 pub async fn models(State(api): State<OpenAi>) -> Response {
     let data = api
-        .serving
+        .models
+        .list()
         .iter()
         .map(|s| model_object(s))
         .collect::<Vec<_>>();
@@ -119,9 +120,9 @@ pub async fn models(State(api): State<OpenAi>) -> Response {
 }
 
 pub async fn model(State(api): State<OpenAi>, Path(id): Path<String>) -> Response {
-    match &api.serving {
-        Some(s) if s.model.answers_to(&id) => Json(model_object(s)).into_response(),
-        _ => unknown_model(&id).into_response(),
+    match api.models.find(Some(&id)) {
+        Some(s) => Json(model_object(&s)).into_response(),
+        None => unknown_model(&id).into_response(),
     }
 }
 
@@ -164,9 +165,8 @@ pub async fn completions(
 
 async fn chat(api: OpenAi, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let serving = serving(&api)?;
     let req: ChatRequest = parse(&body)?;
-    check_model(&serving, req.model.as_deref())?;
+    let serving = serving(&api, req.model.as_deref())?;
     let params = Params::check(req.sampling)?;
     let messages = chat_messages(req.messages)?;
     let s = Arc::clone(&serving);
@@ -190,9 +190,8 @@ async fn completion(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let serving = serving(&api)?;
     let req: CompletionRequest = parse(&body)?;
-    check_model(&serving, req.model.as_deref())?;
+    let serving = serving(&api, req.model.as_deref())?;
     let params = Params::check(req.sampling)?;
     let text = match req.prompt {
         Prompt::One(t) => t,
@@ -230,27 +229,30 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-fn serving(api: &OpenAi) -> Result<Arc<Serving>, ApiError> {
-    api.serving.clone().ok_or_else(|| {
-        ApiError::new(
+/// The served model a request names (or the only one), in OpenAI's error shape otherwise.
+fn serving(api: &OpenAi, name: Option<&str>) -> Result<Arc<Serving>, ApiError> {
+    if let Some(s) = api.models.find(name) {
+        return Ok(s);
+    }
+    match name {
+        Some(n) if !api.models.is_empty() => Err(unknown_model(n)),
+        None if !api.models.is_empty() => Err(ApiError::invalid(
+            "several models are served here; say which in `model`",
+            Some("model"),
+        )),
+        _ => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
-            "no model is loaded on this node; start it with `hearth up --model M`",
+            "no model is ready on this cluster yet; load one with `hearth model load M` \
+             or start a node with `hearth up --model M`",
         )
-        .code("model_not_loaded")
-    })
+        .code("model_not_loaded")),
+    }
 }
 
 fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
-}
-
-fn check_model(serving: &Serving, name: Option<&str>) -> Result<(), ApiError> {
-    match name {
-        Some(n) if !serving.model.answers_to(n) => Err(unknown_model(n)),
-        _ => Ok(()),
-    }
 }
 
 fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {

@@ -15,7 +15,7 @@ use axum::Router;
 use engine::{EngineHandle, Generator};
 use hearth_model::chat::ChatTemplate;
 use hearth_model::tokenizer::Tokenizer;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Default number of requests that may wait for the engine.
 pub const DEFAULT_QUEUE: usize = 8;
@@ -40,29 +40,69 @@ impl ServedModel {
     }
 }
 
-/// A loaded model and the engine thread that runs it.
+/// A served model and the engine workers that generate with it.
 pub struct Serving {
     pub model: ServedModel,
     pub engine: EngineHandle,
 }
 
 impl Serving {
-    /// Starts the engine thread for `generator`, with room for `queue` waiting requests.
-    pub fn start(
+    /// Starts `workers` engine threads for `generator` (requests generated at once), with room
+    /// for `queue` waiting requests.
+    pub fn start<G: Generator + Clone>(
         mut model: ServedModel,
-        generator: impl Generator,
+        generator: G,
+        workers: usize,
         queue: usize,
     ) -> std::io::Result<Serving> {
         model.context = generator.context();
-        let engine = engine::start(generator, Arc::clone(&model.tokenizer), queue)?;
+        let engine = engine::start(generator, workers, Arc::clone(&model.tokenizer), queue)?;
         Ok(Serving { model, engine })
     }
 }
 
-/// The router's state: the served model, if any, and the limits.
+/// The models this node serves right now; the node adds and removes them as instances become
+/// ready or are unloaded.
+#[derive(Clone, Default)]
+pub struct ServedModels(Arc<RwLock<Vec<Arc<Serving>>>>);
+
+impl ServedModels {
+    pub fn list(&self) -> Vec<Arc<Serving>> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The model a request names, or the only one when it names none.
+    pub fn find(&self, name: Option<&str>) -> Option<Arc<Serving>> {
+        let models = self.0.read().ok()?;
+        match name {
+            Some(n) => models.iter().find(|s| s.model.answers_to(n)).cloned(),
+            None if models.len() == 1 => models.first().cloned(),
+            None => None,
+        }
+    }
+
+    pub fn insert(&self, serving: Arc<Serving>) {
+        if let Ok(mut m) = self.0.write() {
+            m.retain(|s| s.model.id != serving.model.id);
+            m.push(serving);
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.retain(|s| s.model.id != id);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.read().map_or(true, |m| m.is_empty())
+    }
+}
+
+/// The router's state: the served models and the limits.
 #[derive(Clone)]
 pub struct OpenAi {
-    pub serving: Option<Arc<Serving>>,
+    pub models: ServedModels,
     pub max_body: usize,
 }
 

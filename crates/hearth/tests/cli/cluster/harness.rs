@@ -65,10 +65,19 @@ impl Node {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.join("node.log");
         let stderr = std::fs::File::create(&log).unwrap();
+        // A node asks for the default model unless told otherwise; tests name theirs.
+        let names_model = extra
+            .iter()
+            .any(|a| matches!(*a, "--model" | "-m" | "--no-model"));
         let mut child = cmd
             .args(["up", "--name", name, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(if names_model {
+                &[][..]
+            } else {
+                &["--no-model"][..]
+            })
             // One device registry for every node: measured once, before the nodes start.
             .env("XDG_DATA_HOME", shared_home)
             .stdin(Stdio::null())
@@ -265,4 +274,24 @@ pub fn measured_home() -> TempDir {
         String::from_utf8_lossy(&out.stderr)
     );
     home
+}
+
+/// Waits until the node's API lists a model (its tokenizer read, an instance ready).
+pub fn wait_for_model(node: &Node, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let listed = get(&node.api, "/v1/models")
+            .and_then(|m| m["data"].as_array().map(|d| d.len()))
+            .unwrap_or(0);
+        if listed > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never served a model; log:\n{}",
+            node.name,
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -4,3 +4,4 @@
 pub(crate) mod harness;
 mod lab;
 mod loopback;
+mod serving;

@@ -1,0 +1,236 @@
+//! The pipeline's messages over the peer layer. Each node keeps one data stream to each peer
+//! it sends to (opened on first use, reopened after a failure), so the messages of a sequence
+//! arrive in the order they were sent; messages to itself skip the network.
+//!
+//! Every data stream starts with one frame naming its purpose, so pipeline messages and model
+//! file transfers share the peer layer's data protocol.
+
+use hearth_net::{DataStream, NetHandle, PeerId};
+use hearth_pipeline::{Message, Outbox, Owner, StageHandle};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use tokio::sync::mpsc;
+
+/// First frame of a data stream that carries pipeline messages.
+pub const PIPELINE_OPENING: &[u8] = b"hearth-pipeline/1";
+
+/// Frames waiting for one peer's stream: a few decode steps of every sequence in flight.
+const PEER_QUEUE: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct TransportCounters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Frames that were not pipeline messages.
+    pub malformed: AtomicU64,
+    /// Messages for a stage this node does not run, or to a peer that could not be reached.
+    pub undeliverable: AtomicU64,
+}
+
+pub struct Transport {
+    me: String,
+    net: NetHandle,
+    runtime: tokio::runtime::Handle,
+    stages: RwLock<HashMap<String, StageHandle>>,
+    owner: OnceLock<Weak<Owner>>,
+    peers: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+    pub counters: TransportCounters,
+}
+
+impl Transport {
+    pub fn new(me: String, net: NetHandle, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+        Arc::new(Transport {
+            me,
+            net,
+            runtime,
+            stages: RwLock::new(HashMap::new()),
+            owner: OnceLock::new(),
+            peers: Mutex::new(HashMap::new()),
+            counters: TransportCounters::default(),
+        })
+    }
+
+    pub fn set_owner(&self, owner: &Arc<Owner>) {
+        let _ = self.owner.set(Arc::downgrade(owner));
+    }
+
+    /// Routes messages for `instance` to a stage running here.
+    pub fn add_stage(&self, instance: &str, handle: StageHandle) {
+        if let Ok(mut s) = self.stages.write() {
+            s.insert(instance.to_string(), handle);
+        }
+    }
+
+    /// Stops routing to the stage; its thread ends once queued messages are done.
+    pub fn remove_stage(&self, instance: &str) {
+        if let Ok(mut s) = self.stages.write() {
+            s.remove(instance);
+        }
+    }
+
+    fn stage(&self, instance: &str) -> Option<StageHandle> {
+        self.stages.read().ok()?.get(instance).cloned()
+    }
+
+    fn owner(&self) -> Option<Arc<Owner>> {
+        self.owner.get().and_then(Weak::upgrade)
+    }
+
+    /// Where a message that arrived (or was sent to this node) goes: its owner's session, or
+    /// a local stage. Returns the message back when no local stage runs its instance.
+    fn route_local(&self, msg: Message) -> Result<Option<(StageHandle, Message)>, Message> {
+        match &msg {
+            Message::Token { .. } | Message::Failed { .. } => {
+                if !self.owner().is_some_and(|o| o.deliver(msg)) {
+                    // The session ended (client left, or it moved on): nothing waits for it.
+                    self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None)
+            }
+            Message::Open { header, .. }
+            | Message::Forward { header, .. }
+            | Message::Close { header } => match self.stage(&header.instance) {
+                Some(h) => Ok(Some((h, msg))),
+                None => Err(msg),
+            },
+        }
+    }
+
+    /// A message for a stage this node does not run: its owner learns at once.
+    fn refuse(&self, msg: &Message) -> Option<(String, Message)> {
+        self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+        let header = msg.header()?;
+        if matches!(msg, Message::Close { .. }) {
+            return None;
+        }
+        Some((
+            header.owner.clone(),
+            Message::Failed {
+                sequence: header.sequence,
+                reason: format!("node {} runs no stage of {}", self.me, header.instance),
+            },
+        ))
+    }
+
+    /// The sending end of the stream to `peer`, opening it on first use.
+    fn writer(self: &Arc<Self>, peer: &str) -> Option<mpsc::Sender<Vec<u8>>> {
+        let mut peers = self.peers.lock().ok()?;
+        if let Some(tx) = peers.get(peer).filter(|tx| !tx.is_closed()) {
+            return Some(tx.clone());
+        }
+        let id: PeerId = peer.parse().ok()?;
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        peers.insert(peer.to_string(), tx.clone());
+        let this = Arc::clone(self);
+        self.runtime
+            .spawn(async move { this.write_to(id, rx).await });
+        Some(tx)
+    }
+
+    async fn write_to(self: Arc<Self>, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let mut stream = match self.net.open_stream(peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot open a pipeline stream");
+                return;
+            }
+        };
+        if let Err(e) = stream.send(PIPELINE_OPENING).await {
+            tracing::warn!(%peer, error = %e, "pipeline stream refused");
+            return;
+        }
+        while let Some(bytes) = rx.recv().await {
+            if let Err(e) = stream.send(&bytes).await {
+                tracing::warn!(%peer, error = %e, "pipeline stream broke");
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads pipeline messages from a stream a peer opened (after its opening frame).
+    pub async fn read_from(self: Arc<Self>, mut stream: DataStream) {
+        let peer = stream.peer();
+        loop {
+            let bytes = match stream.recv().await {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "pipeline stream ended");
+                    return;
+                }
+            };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            let msg = match Message::decode(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the stream");
+                    return;
+                }
+            };
+            match self.route_local(msg) {
+                Ok(None) => {}
+                // Waiting here is the back-pressure: the peer's stream stalls with the stage.
+                Ok(Some((stage, msg))) => {
+                    if !stage.send(msg).await {
+                        self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(msg) => {
+                    if let Some((to, reply)) = self.refuse(&msg) {
+                        let out = TransportOutbox(Arc::clone(&self));
+                        tokio::task::spawn_blocking(move || out.send(&to, reply));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The pipeline's view of the transport.
+#[derive(Clone)]
+pub struct TransportOutbox(pub Arc<Transport>);
+
+impl Outbox for TransportOutbox {
+    fn send(&self, to: &str, msg: Message) {
+        let this = &self.0;
+        if to == this.me {
+            match this.route_local(msg) {
+                Ok(None) => {}
+                Ok(Some((stage, msg))) => {
+                    if !stage.blocking_send(msg) {
+                        this.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(msg) => {
+                    if let Some((to, reply)) = this.refuse(&msg) {
+                        // The owner is this node or another; either way not a loop: a failure
+                        // is never refused again.
+                        Outbox::send(self, &to, reply);
+                    }
+                }
+            }
+            return;
+        }
+        let mut bytes = msg.encode();
+        for _ in 0..2 {
+            let Some(tx) = this.writer(to) else {
+                break;
+            };
+            match tx.blocking_send(bytes) {
+                Ok(()) => return,
+                // The stream broke since: open a new one once.
+                Err(mpsc::error::SendError(back)) => {
+                    bytes = back;
+                    if let Ok(mut p) = this.peers.lock() {
+                        p.remove(to);
+                    }
+                }
+            }
+        }
+        this.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+}
