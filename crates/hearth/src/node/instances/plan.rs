@@ -412,3 +412,271 @@ fn same_layout(a: &[Stage], b: &[Stage]) -> bool {
             x.node == y.node && x.first_layer == y.first_layer && x.end_layer == y.end_layer
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::instances::models::profile_to_json;
+    use hearth_cluster::{DeviceSummary, DeviceTelemetry, NodeEntry};
+
+    fn profile() -> ModelProfile {
+        ModelProfile {
+            name: "tiny".into(),
+            hidden_size: 576,
+            n_kv_heads: 3,
+            head_dim: 64,
+            layer_bytes: vec![3_000_000; 30],
+            layer_params: vec![5_000_000; 30],
+            embedding_bytes: 28_000_000,
+            embedding_params: 28_000_000,
+            head_bytes: 2_304,
+            head_params: 576,
+            tied_embeddings: true,
+            tensor_types: vec!["Q4_1".into(), "F32".into()],
+        }
+    }
+
+    fn node(name: &str, memory: u64, bandwidth: f64) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            addresses: vec![],
+            devices: vec![DeviceSummary {
+                id: format!("cpu-{name}"),
+                name: "cpu".into(),
+                backends: vec!["cpu".into()],
+                memory_total_bytes: memory,
+                memory_budget_bytes: memory,
+                bandwidth_gbs: bandwidth,
+                tflops: 0.5,
+                thermal_headroom: 1.0,
+                declared: false,
+            }],
+            last_seen_ms: 0,
+            incarnation: 1,
+            joined_seq: 1,
+        }
+    }
+
+    fn state(nodes: &[(&str, u64, f64)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (n, m, b) in nodes {
+            s.members.insert(NodeId::new(*n), node(n, *m, *b));
+        }
+        s.wanted.insert(
+            "tiny".into(),
+            WantedModel {
+                name: "tiny".into(),
+                sha256: "00".repeat(32),
+                size_bytes: 120_000_000,
+                source: "tiny.gguf".into(),
+                profile: profile_to_json(&profile()).to_string(),
+                requested_by: NodeId::new(nodes[0].0),
+                placement: "planner".into(),
+                context: 256,
+            },
+        );
+        s.last_seq = 10;
+        s
+    }
+
+    /// Applies what the reconciler decided, as the coordinator would.
+    fn apply(s: &mut ClusterState, events: &[Event]) {
+        for e in events {
+            s.last_seq += 1;
+            match e.clone() {
+                Event::InstancePlaced {
+                    id,
+                    model,
+                    stages,
+                    predicted_tokens_per_s,
+                } => {
+                    s.instances.insert(
+                        id,
+                        Instance {
+                            model,
+                            stages,
+                            status: InstanceStatus::Placing,
+                            predicted_tokens_per_s,
+                        },
+                    );
+                }
+                Event::InstanceStatus { id, status } => {
+                    s.instances.get_mut(&id).unwrap().status = status;
+                }
+                Event::InstanceRemoved { id } => {
+                    s.instances.remove(&id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn all_stages(s: &mut ClusterState, status: StageStatus) {
+        for i in s.instances.values_mut() {
+            for st in &mut i.stages {
+                st.status = status.clone();
+            }
+        }
+    }
+
+    #[test]
+    fn a_wanted_model_is_placed_then_ready_once_its_stages_are() {
+        let mut s = state(&[("a", 1 << 30, 20.0)]);
+        let mut r = Reconciler::new(ServePolicy::default());
+        let placed = r.decide(&s, 0);
+        assert!(matches!(&placed[..], [Event::InstancePlaced { stages, .. }] if stages.len() == 1));
+        apply(&mut s, &placed);
+        // Loading: nothing to do.
+        assert!(r.decide(&s, 100).is_empty());
+        all_stages(&mut s, StageStatus::Ready);
+        let ready = r.decide(&s, 200);
+        assert!(matches!(
+            &ready[..],
+            [Event::InstanceStatus {
+                status: InstanceStatus::Ready,
+                ..
+            }]
+        ));
+        apply(&mut s, &ready);
+        // Same fleet, same plan: no churn.
+        assert!(r.decide(&s, 10_000).is_empty());
+    }
+
+    #[test]
+    fn memory_limits_force_a_split_and_unmeasured_nodes_wait() {
+        let mut s = state(&[
+            ("a", 60 << 20, 20.0),
+            ("b", 60 << 20, 20.0),
+            ("c", 60 << 20, 20.0),
+        ]);
+        s.members.get_mut(&NodeId::new("c")).unwrap().devices[0].bandwidth_gbs = 0.0;
+        let mut r = Reconciler::new(ServePolicy::default());
+        assert!(r.decide(&s, 0).is_empty(), "two nodes cannot hold it");
+        assert!(r.placement_errors().contains_key("tiny"));
+        s.members.get_mut(&NodeId::new("c")).unwrap().devices[0].bandwidth_gbs = 20.0;
+        assert!(r.decide(&s, 500).is_empty(), "backing off after a failure");
+        let placed = r.decide(&s, 5_000);
+        match &placed[..] {
+            [Event::InstancePlaced { stages, .. }] => {
+                assert_eq!(stages.len(), 3);
+                assert_eq!(stages[0].first_layer, 0);
+                assert_eq!(stages[2].end_layer, 30);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_instance_is_removed_and_the_model_placed_again() {
+        let mut s = state(&[("a", 1 << 30, 20.0), ("b", 1 << 30, 20.0)]);
+        let mut r = Reconciler::new(ServePolicy::default());
+        let e = r.decide(&s, 0);
+        apply(&mut s, &e);
+        all_stages(
+            &mut s,
+            StageStatus::Failed {
+                reason: "disk".into(),
+            },
+        );
+        let events = r.decide(&s, 100);
+        assert!(matches!(events[0], Event::InstanceRemoved { .. }));
+        assert!(matches!(events[1], Event::InstancePlaced { .. }));
+    }
+
+    #[test]
+    fn a_faster_node_replaces_the_instance_make_before_break() {
+        let mut s = state(&[("a", 1 << 30, 2.0)]);
+        let policy = ServePolicy::default();
+        let drain = policy.drain_ms;
+        let mut r = Reconciler::new(policy);
+        let e = r.decide(&s, 0);
+        apply(&mut s, &e);
+        all_stages(&mut s, StageStatus::Ready);
+        let e = r.decide(&s, 100);
+        apply(&mut s, &e);
+        let old = s.instances.keys().next().unwrap().clone();
+        s.members.insert(NodeId::new("b"), node("b", 1 << 30, 40.0));
+        let moved = r.decide(&s, 5_000);
+        match &moved[..] {
+            [Event::InstancePlaced { stages, .. }] => assert_eq!(stages[0].node.as_str(), "b"),
+            other => panic!("{other:?}"),
+        }
+        apply(&mut s, &moved);
+        // The old instance keeps serving while the new one loads.
+        assert_eq!(s.instances[&old].status, InstanceStatus::Ready);
+        for (id, i) in s.instances.iter_mut() {
+            if *id != old {
+                i.stages[0].status = StageStatus::Ready;
+            }
+        }
+        let switch = r.decide(&s, 5_100);
+        apply(&mut s, &switch);
+        assert_eq!(s.instances[&old].status, InstanceStatus::Draining);
+        assert!(r
+            .decide(&s, 5_200)
+            .iter()
+            .all(|e| !matches!(e, Event::InstanceRemoved { .. })));
+        let removed = r.decide(&s, 5_100 + drain);
+        assert!(matches!(&removed[..], [Event::InstanceRemoved { id }] if *id == old));
+    }
+
+    #[test]
+    fn a_hot_device_is_relieved_and_small_gains_do_not_move_anything() {
+        let mut s = state(&[("a", 1 << 30, 20.0), ("b", 1 << 30, 21.0)]);
+        let mut r = Reconciler::new(ServePolicy::default());
+        let e = r.decide(&s, 0);
+        apply(&mut s, &e);
+        all_stages(&mut s, StageStatus::Ready);
+        let e = r.decide(&s, 100);
+        apply(&mut s, &e);
+        // 5 % faster elsewhere is below the hysteresis.
+        assert!(r.decide(&s, 3_000).is_empty());
+        let inst = s.instances.values().next().unwrap().clone();
+        let hot = &inst.stages[0];
+        let mut t = std::collections::BTreeMap::new();
+        t.insert(
+            hot.device.clone(),
+            DeviceTelemetry {
+                device: hot.device.clone(),
+                memory_used_bytes: 0,
+                utilisation: 1.0,
+                temperature_c: Some(95.0),
+                power_w: None,
+                battery: None,
+                on_battery: false,
+                throttled: false,
+                thermal_headroom: 0.1,
+                sampled_ms: 0,
+            },
+        );
+        s.telemetry.insert(hot.node.clone(), t);
+        let moved = r.decide(&s, 6_000);
+        match &moved[..] {
+            [Event::InstancePlaced { stages, .. }] => assert_ne!(stages[0].node, hot.node),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn instances_of_unwanted_models_drain_then_go() {
+        let mut s = state(&[("a", 1 << 30, 20.0)]);
+        let mut r = Reconciler::new(ServePolicy::default());
+        let e = r.decide(&s, 0);
+        apply(&mut s, &e);
+        s.wanted.clear();
+        let drain = r.decide(&s, 100);
+        assert!(matches!(
+            &drain[..],
+            [Event::InstanceStatus {
+                status: InstanceStatus::Draining,
+                ..
+            }]
+        ));
+        apply(&mut s, &drain);
+        assert!(r.decide(&s, 200).is_empty());
+        assert!(matches!(
+            &r.decide(&s, 100 + ServePolicy::default().drain_ms)[..],
+            [Event::InstanceRemoved { .. }]
+        ));
+    }
+}
