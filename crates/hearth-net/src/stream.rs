@@ -39,6 +39,12 @@ impl DataStream {
         self.peer
     }
 
+    /// Largest frame this side sends or accepts ([`crate::Limits::max_frame_bytes`]), so that
+    /// protocols on top can size their messages to fit.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     /// Sends one frame; returns once the transport has taken it.
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), NetError> {
         if payload.len() > self.max_frame {

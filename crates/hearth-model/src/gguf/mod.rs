@@ -11,7 +11,7 @@ mod write;
 pub use error::GgufError;
 pub use file::GgufFile;
 pub use ggml_type::{GgmlType, QK_K};
-pub use parse::{parse_header, GgufHeader};
+pub use parse::{parse_header, parse_header_prefix, GgufHeader};
 pub use value::{MetaValue, Metadata};
 pub use write::GgufWriter;
 

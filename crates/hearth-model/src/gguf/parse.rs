@@ -31,20 +31,29 @@ pub struct GgufHeader {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Length of the whole file, which `bytes` may be only a prefix of: counts are checked
+    /// against the file, so a short prefix reads as truncated rather than as a bad count.
+    file_len: u64,
 }
 
 impl<'a> Cursor<'a> {
+    /// Bytes left in the file.
     fn remaining(&self) -> u64 {
+        self.file_len - self.pos as u64
+    }
+
+    /// Bytes left in the buffer.
+    fn available(&self) -> u64 {
         (self.bytes.len() - self.pos) as u64
     }
 
     fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8], GgufError> {
-        if n > self.remaining() {
+        if n > self.available() {
             return Err(GgufError::Truncated {
                 what,
                 offset: self.pos as u64,
                 needed: n,
-                available: self.remaining(),
+                available: self.available(),
             });
         }
         let start = self.pos;
@@ -154,7 +163,32 @@ fn min_value_bytes(value_type: u32) -> Option<u64> {
 
 /// Parses and validates the header of a GGUF file held in `bytes` (the whole file).
 pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
-    let mut cur = Cursor { bytes, pos: 0 };
+    parse(bytes, bytes.len() as u64)
+}
+
+/// Parses the header from the first bytes of a file that is `file_len` bytes long, for a file
+/// that is still arriving. `Ok(None)` when `prefix` ends before the header does: read more and
+/// call again. Tensor ranges are checked against `file_len`, so the result is the header
+/// [`parse_header`] gives for the whole file. Bytes past `file_len` are ignored.
+pub fn parse_header_prefix(prefix: &[u8], file_len: u64) -> Result<Option<GgufHeader>, GgufError> {
+    let prefix = &prefix[..prefix
+        .len()
+        .min(usize::try_from(file_len).unwrap_or(usize::MAX))];
+    let short = (prefix.len() as u64) < file_len;
+    match parse(prefix, file_len) {
+        Ok(header) => Ok(Some(header)),
+        Err(GgufError::Truncated { .. }) if short => Ok(None),
+        Err(GgufError::BadMagic { .. }) if short && prefix.len() < MAGIC.len() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse(bytes: &[u8], file_len: u64) -> Result<GgufHeader, GgufError> {
+    let mut cur = Cursor {
+        bytes,
+        pos: 0,
+        file_len,
+    };
     if bytes.len() < 4 || &bytes[..4] != MAGIC {
         return Err(GgufError::BadMagic {
             found: bytes[..bytes.len().min(4)].to_vec(),
@@ -221,7 +255,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, GgufError> {
     }
 
     let data_offset = (cur.pos as u64).next_multiple_of(alignment);
-    let data_len = (bytes.len() as u64).saturating_sub(data_offset);
+    let data_len = file_len.saturating_sub(data_offset);
     check_tensor_ranges(&tensors, data_len)?;
     Ok(GgufHeader {
         version,

@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use hearth_model::config::ModelConfig;
-use hearth_model::gguf::{parse_header, GgmlType, GgufWriter, MetaValue};
+use hearth_model::gguf::{parse_header, parse_header_prefix, GgmlType, GgufWriter, MetaValue};
 use hearth_model::tokenizer::Tokenizer;
 
 use crate::gguf::sample_file;
@@ -346,6 +346,18 @@ fn case(seed: u64, bases: &[(Vec<u8>, Vec<usize>)]) -> Vec<u8> {
     mutate(base, fields, &mut rng)
 }
 
+/// A prefix of the file, parsed as one that is still arriving, either waits, fails as the whole
+/// file does, or gives the whole file's header.
+fn prefix_agrees(bytes: &[u8], seed: u64) {
+    let whole = parse_header(bytes);
+    let cut = (seed as usize >> 7) % (bytes.len() + 1);
+    match parse_header_prefix(&bytes[..cut], bytes.len() as u64) {
+        Ok(None) => assert!(cut < bytes.len()),
+        Ok(Some(h)) => assert_eq!(Some(&h.tensors), whole.as_ref().ok().map(|w| &w.tensors)),
+        Err(e) => assert_eq!(Some(e.to_string()), whole.err().map(|w| w.to_string())),
+    }
+}
+
 #[test]
 fn mutated_files_never_panic() {
     let bases: Vec<(Vec<u8>, Vec<usize>)> = seeds()
@@ -363,7 +375,12 @@ fn mutated_files_never_panic() {
         if parse_header(&bytes).is_ok() {
             accepted += 1;
         }
-        if catch_unwind(AssertUnwindSafe(|| load(&bytes))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            load(&bytes);
+            prefix_agrees(&bytes, seed)
+        }))
+        .is_err()
+        {
             let path = std::env::temp_dir().join(format!("hearth-gguf-crash-{seed:016x}.gguf"));
             let _ = std::fs::write(&path, &bytes);
             failures.push(format!(

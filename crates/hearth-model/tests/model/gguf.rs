@@ -6,7 +6,9 @@ use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hearth_model::gguf::{parse_header, GgmlType, GgufError, GgufFile, GgufWriter, MetaValue};
+use hearth_model::gguf::{
+    parse_header, parse_header_prefix, GgmlType, GgufError, GgufFile, GgufWriter, MetaValue,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation tracking. Tests run on many threads at once, so the high-water mark is kept per
@@ -855,4 +857,83 @@ fn empty_file_with_only_a_header() {
     let bytes = Raw::header(3, 0, 0).0;
     let header = parse_header(&bytes).expect("no tensors, no metadata");
     assert!(header.metadata.is_empty() && header.tensors.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing the header of a file that is still arriving.
+
+#[test]
+fn prefix_parse_waits_for_the_header_then_matches_the_whole_file() {
+    let full = sample_file();
+    let whole = parse_header(&full).expect("sample parses");
+    let file_len = full.len() as u64;
+    let mut first_complete = None;
+    for len in 0..=full.len() {
+        match parse_header_prefix(&full[..len], file_len) {
+            Ok(None) => assert!(
+                first_complete.is_none(),
+                "prefix {len} went back to waiting"
+            ),
+            Ok(Some(h)) => {
+                first_complete.get_or_insert(len as u64);
+                assert_eq!(h.tensors, whole.tensors, "prefix {len}");
+                assert_eq!(h.metadata, whole.metadata, "prefix {len}");
+                assert_eq!(h.data_offset, whole.data_offset, "prefix {len}");
+            }
+            Err(e) => panic!("prefix {len} of a valid file: {e}"),
+        }
+    }
+    // Complete once the last tensor info is in, which is at most one alignment before the data.
+    let end = first_complete.expect("whole file parses");
+    assert!(end <= whole.data_offset && end + whole.alignment > whole.data_offset);
+    // A longer buffer than the file is cut to the file.
+    let mut longer = full.clone();
+    longer.extend_from_slice(&[0xEE; 100]);
+    let h = parse_header_prefix(&longer, file_len).unwrap().unwrap();
+    assert_eq!(h.tensors, whole.tensors);
+}
+
+#[test]
+fn prefix_parse_reports_real_errors_at_once() {
+    let full = sample_file();
+    let file_len = full.len() as u64;
+    assert!(matches!(
+        parse_header_prefix(b"GGML\x03\0\0\0", file_len),
+        Err(GgufError::BadMagic { .. })
+    ));
+    // Tensors are checked against the stated file length, not the prefix.
+    let whole = parse_header(&full).unwrap();
+    assert!(matches!(
+        parse_header_prefix(&full, whole.data_offset + 1),
+        Err(GgufError::TensorOutOfBounds { .. })
+    ));
+    // A count that the whole file cannot hold is refused before the prefix runs out.
+    let huge = Raw::header(3, u64::MAX / 2, 0).0;
+    assert!(matches!(
+        parse_header_prefix(&huge, 1 << 20),
+        Err(GgufError::CountOutOfRange { .. })
+    ));
+    // When the prefix is the whole file, short means truncated, as for `parse_header`.
+    let cut = &full[..40];
+    assert!(matches!(
+        parse_header_prefix(cut, cut.len() as u64),
+        Err(GgufError::Truncated { .. } | GgufError::CountOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn prefix_parse_of_the_test_model_matches_the_mapped_file() {
+    let path = crate::model_path();
+    let file = GgufFile::open(&path).expect("test model opens");
+    let bytes = std::fs::read(&path).expect("test model reads");
+    let mut len = 4096;
+    let header = loop {
+        if let Some(h) = parse_header_prefix(&bytes[..len], file.file_size()).expect("parses") {
+            break h;
+        }
+        len *= 2;
+    };
+    assert_eq!(header.tensors, file.tensors());
+    assert_eq!(&header.metadata, file.metadata());
+    assert!(len < bytes.len() / 4, "header needed {len} bytes");
 }
