@@ -6,10 +6,11 @@ use super::declared::Declared;
 use super::devices::measured_cpu;
 use super::load::{parse_size, EngineArgs, LoadedModel, ModelArgs};
 use crate::node::driver::{now_ms, Driver, LocalFact};
+use crate::node::metrics::Metrics;
 use crate::node::openai::engine::LocalGenerator;
 use crate::node::openai::{self, OpenAi, ServedModel, Serving};
 use crate::node::view::View;
-use crate::node::{api, facts};
+use crate::node::{alerts, api, facts};
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_cluster::{Config, Event, Member, NodeId};
@@ -148,6 +149,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .transpose()?
             .map(Arc::new),
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        metrics: Metrics::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -214,6 +216,7 @@ async fn serve(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    alerts::spawn(Arc::clone(&view), stop_rx.clone());
     let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });

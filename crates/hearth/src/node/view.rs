@@ -1,6 +1,7 @@
 //! What the node loop publishes for readers (the HTTP API): a copy of the replicated state
 //! plus this node's own counters, refreshed by the loop, read without ever blocking it long.
 
+use super::alerts::Alerts;
 use hearth_cluster::{ClusterState, NodeId};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -35,6 +36,9 @@ pub struct View {
     pub recent_refusals: VecDeque<Refusal>,
     /// `(seq, epoch, kind)` of the events this node holds for replay, oldest first.
     pub log: Vec<(u64, u64, &'static str)>,
+    /// This node's alerts, judged from `state` by their own task (not the node loop); shared,
+    /// so the API, the metrics and code that raises alerts see one book.
+    pub alerts: Alerts,
 }
 
 pub type SharedView = Arc<RwLock<View>>;

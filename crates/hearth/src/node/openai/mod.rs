@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod text;
 pub mod types;
 
+use super::metrics::Metrics;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -59,11 +60,12 @@ impl Serving {
     }
 }
 
-/// The router's state: the served model, if any, and the limits.
+/// The router's state: the served model, if any, the limits, and the node's metrics.
 #[derive(Clone)]
 pub struct OpenAi {
     pub serving: Option<Arc<Serving>>,
     pub max_body: usize,
+    pub metrics: Metrics,
 }
 
 pub fn router(api: OpenAi) -> Router {
