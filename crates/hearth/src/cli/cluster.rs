@@ -10,8 +10,8 @@ use std::time::Duration;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Members, their devices, the coordinator, the link matrix and refusal counters, as seen
-    /// by one node.
+    /// Members, their devices, the coordinator, the link matrix, model instances and their
+    /// layer split, refusal counters and active alerts, as seen by one node.
     Status(StatusArgs),
     /// Print the cluster key of this node's data dir (generated on first start), to give to
     /// the nodes that should join.
@@ -59,8 +59,8 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     }
 }
 
-fn fetch(api: &str) -> anyhow::Result<Value> {
-    let url = format!("http://{api}/api/cluster");
+fn fetch(api: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("http://{api}{path}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
@@ -77,16 +77,21 @@ fn fetch(api: &str) -> anyhow::Result<Value> {
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     loop {
-        let v = fetch(&args.api)?;
+        let mut v = fetch(&args.api, "/api/cluster")?;
+        // A node without alerts (an older release) still has a status worth showing.
+        let alerts = fetch(&args.api, "/api/alerts").ok();
         let mut out = std::io::stdout().lock();
         if args.json {
+            if let (Some(obj), Some(a)) = (v.as_object_mut(), alerts) {
+                obj.insert("alerts".to_string(), a);
+            }
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         } else {
             if args.watch {
                 // Clear the screen and home the cursor.
                 write!(out, "\x1b[2J\x1b[H")?;
             }
-            write!(out, "{}", render(&v))?;
+            write!(out, "{}", render(&v, alerts.as_ref()))?;
         }
         out.flush()?;
         if !args.watch {
@@ -105,8 +110,9 @@ fn num(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
-/// The status as text: who is in, who coordinates, how the links are, what was refused.
-pub fn render(v: &Value) -> String {
+/// The status as text: who is in, who coordinates, how the links are, which instances run
+/// where, what was refused, and the active alerts (`alerts`: `/api/alerts`).
+pub fn render(v: &Value, alerts: Option<&Value>) -> String {
     let mut s = String::new();
     let str_of = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let empty = Vec::new();
@@ -194,6 +200,32 @@ pub fn render(v: &Value) -> String {
             opt(&l["loss"], &|x| format!("{:.1} %", 100.0 * x)),
         );
     }
+    s += "\nINSTANCES (model, state, layers per stage)\n";
+    let instances = v["instances"].as_object().cloned().unwrap_or_default();
+    if instances.is_empty() {
+        s += "  none\n";
+    }
+    for (id, inst) in &instances {
+        let status = &inst["status"];
+        let state = match status["state"].as_str().unwrap_or("?") {
+            "loading" => format!(
+                "loading {:.0} %",
+                100.0 * num(&status["progress"]).unwrap_or(0.0)
+            ),
+            "failed" => format!("failed: {}", str_of(&status["reason"])),
+            other => other.to_string(),
+        };
+        s += &format!("  {id:<14} {:<28} {state}\n", str_of(&inst["model"]));
+        for st in inst["stages"].as_array().unwrap_or(&empty) {
+            s += &format!(
+                "    layers {:>3}..{:<3} on {} ({})\n",
+                st["first_layer"].as_u64().unwrap_or(0),
+                st["end_layer"].as_u64().unwrap_or(0),
+                label(&str_of(&st["node"])),
+                str_of(&st["device"])
+            );
+        }
+    }
     let c = &v["counters"];
     s += &format!(
         "\nREFUSED  admission {}  malformed {}  oversized {}  unadmitted {}\n",
@@ -210,5 +242,100 @@ pub fn render(v: &Value) -> String {
             str_of(&r["reason"])
         );
     }
+    s += "\nALERTS\n";
+    let Some(alerts) = alerts else {
+        s += "  (this node does not report alerts)\n";
+        return s;
+    };
+    let active = alerts["active"].as_array().unwrap_or(&empty);
+    if active.is_empty() {
+        s += "  none\n";
+    }
+    for a in active {
+        let sub = &a["subject"];
+        let subject = match sub["kind"].as_str().unwrap_or("") {
+            "device" => format!(
+                "{} on {}",
+                str_of(&sub["device"]),
+                label(&str_of(&sub["node"]))
+            ),
+            "node" => label(&str_of(&sub["node"])),
+            "link" => format!(
+                "{} → {}",
+                label(&str_of(&sub["from"])),
+                label(&str_of(&sub["to"]))
+            ),
+            "instance" => str_of(&sub["instance"]),
+            "model" => str_of(&sub["model"]),
+            other => other.to_string(),
+        };
+        s += &format!(
+            "  {:<8} {:<26} {}\n           {}\n",
+            str_of(&a["severity"]).to_uppercase(),
+            str_of(&a["name"]),
+            subject,
+            str_of(&a["message"])
+        );
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use serde_json::json;
+
+    fn status() -> serde_json::Value {
+        json!({
+            "node": {"cluster_id": "c0ffee", "name": "alpha", "id": "12D3KooWaaaaaaaa"},
+            "coordinator": "12D3KooWaaaaaaaa",
+            "epoch": 2, "last_seq": 40, "state_hash": "00ff",
+            "nodes": [
+                {"id": "12D3KooWaaaaaaaa", "name": "alpha", "devices": []},
+                {"id": "12D3KooWbbbbbbbb", "name": "beta", "devices": []},
+            ],
+            "links": [],
+            "instances": {
+                "i1": {
+                    "model": "smollm2-135m",
+                    "stages": [
+                        {"node": "12D3KooWaaaaaaaa", "device": "cpu-a", "first_layer": 0, "end_layer": 20},
+                        {"node": "12D3KooWbbbbbbbb", "device": "cpu-b", "first_layer": 20, "end_layer": 30},
+                    ],
+                    "status": {"state": "loading", "progress": 0.5},
+                },
+            },
+            "counters": {},
+            "recent_refusals": [],
+        })
+    }
+
+    #[test]
+    fn instances_show_their_layer_split_and_alerts_their_subject() {
+        let alerts = json!({
+            "active": [{
+                "name": "device_throttled", "severity": "critical",
+                "subject": {"kind": "device", "node": "12D3KooWbbbbbbbb", "device": "cpu-b"},
+                "message": "cpu-b on beta is throttling", "started_ms": 1, "ended_ms": null,
+            }],
+            "resolved": [],
+        });
+        let text = render(&status(), Some(&alerts));
+        assert!(text.contains("i1             smollm2-135m"), "{text}");
+        assert!(text.contains("loading 50 %"), "{text}");
+        assert!(text.contains("layers   0..20  on alpha (cpu-a)"), "{text}");
+        assert!(text.contains("layers  20..30  on beta (cpu-b)"), "{text}");
+        assert!(
+            text.contains("CRITICAL device_throttled") && text.contains("cpu-b on beta\n"),
+            "{text}"
+        );
+        assert!(text.contains("cpu-b on beta is throttling"), "{text}");
+    }
+
+    #[test]
+    fn no_alerts_and_no_alert_endpoint_are_told_apart() {
+        let none = json!({"active": [], "resolved": []});
+        assert!(render(&status(), Some(&none)).contains("ALERTS\n  none\n"));
+        assert!(render(&status(), None).contains("does not report alerts"));
+    }
 }

@@ -13,8 +13,9 @@ use crate::node::instances::plan::{Reconciler, ServePolicy};
 use crate::node::instances::stages::StageSettings;
 use crate::node::instances::{self, ServingSetup};
 use crate::node::openai::{self, OpenAi, ServedModels};
+use crate::node::metrics::Metrics;
 use crate::node::view::View;
-use crate::node::{api, facts};
+use crate::node::{alerts, api, facts};
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_cluster::{Config, Event, Member, NodeId};
@@ -176,6 +177,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let openai = OpenAi {
         models: ServedModels::default(),
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        metrics: Metrics::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -309,6 +311,7 @@ async fn serve(
         facts: fact_tx_admin,
         hashes: Arc::clone(&links.hashes),
     };
+    alerts::spawn(Arc::clone(&view), stop_rx.clone());
     let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai, admin))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });

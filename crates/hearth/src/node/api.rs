@@ -1,26 +1,37 @@
-//! The node's HTTP server: cluster and model admin endpoints and the OpenAI-compatible API.
+//! The node's HTTP server: cluster and model admin endpoints, alerts, Prometheus metrics and
+//! the OpenAI-compatible API.
 
 use super::admin::{self, Admin};
+use super::metrics;
 use super::openai::{self, handlers, OpenAi};
 use super::view::SharedView;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use serde_json::json;
 
 pub fn router(view: SharedView, api: OpenAi, admin: Admin) -> Router {
+    let instruments = api.metrics.clone();
+    let registry = instruments.registry(view.clone());
     Router::new()
         .route("/health", get(health))
         .route("/api/cluster", get(cluster))
         .route("/api/cluster/log", get(cluster_log))
+        .route("/api/alerts", get(alerts))
         .with_state(view)
         .merge(admin::router(admin))
         .merge(openai::router(api))
+        .merge(metrics::router(registry))
         // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        // Outermost, so every response is counted, fallbacks included.
+        .layer(middleware::from_fn_with_state(
+            instruments,
+            metrics::track_http,
+        ))
 }
 
 fn unavailable() -> Response {
@@ -41,6 +52,13 @@ async fn health(State(view): State<SharedView>) -> Response {
 async fn cluster(State(view): State<SharedView>) -> Response {
     match view.read() {
         Ok(v) => Json(v.cluster_json()).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn alerts(State(view): State<SharedView>) -> Response {
+    match view.read().map(|v| v.alerts.clone()) {
+        Ok(alerts) => Json(alerts.json()).into_response(),
         Err(_) => unavailable(),
     }
 }

@@ -4,11 +4,15 @@
 //! [`driver`] is the loop that turns network events and a timer into inputs of the cluster
 //! member and its outputs into network sends; [`view`] is what the loop publishes for the API;
 //! [`api`] serves it, with [`openai`], the OpenAI-compatible API of a model run on this node.
+//! [`metrics`] exposes the node and the cluster to Prometheus; [`alerts`] judges the state for
+//! conditions a person should act on.
 
 pub mod admin;
+pub mod alerts;
 pub mod api;
 pub mod driver;
 pub mod facts;
 pub mod instances;
+pub mod metrics;
 pub mod openai;
 pub mod view;

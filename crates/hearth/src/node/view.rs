@@ -1,6 +1,7 @@
 //! What the node loop publishes for readers (the HTTP API): a copy of the replicated state
 //! plus this node's own counters, refreshed by the loop, read without ever blocking it long.
 
+use super::alerts::Alerts;
 use hearth_cluster::{ClusterState, NodeId};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -37,6 +38,9 @@ pub struct View {
     pub log: Vec<(u64, u64, &'static str)>,
     /// Models this node, as coordinator, could not place, and why.
     pub placement_errors: std::collections::BTreeMap<String, String>,
+    /// This node's alerts, judged from `state` by their own task (not the node loop); shared,
+    /// so the API, the metrics and code that raises alerts see one book.
+    pub alerts: Alerts,
 }
 
 pub type SharedView = Arc<RwLock<View>>;

@@ -8,6 +8,7 @@
 mod bad_input;
 mod cluster;
 mod devices;
+mod observe;
 mod place;
 mod reference;
 mod serve;

@@ -6,6 +6,7 @@
 //! What produces tokens sits behind [`Generator`]: the node's is the pipeline across the
 //! instance's stages, tests may plug in anything.
 
+use super::super::metrics::{Outcome, RequestTrack};
 use super::text::{Detokenizer, StopMatcher};
 use hearth_engine::SamplerConfig;
 use hearth_model::tokenizer::Tokenizer;
@@ -76,6 +77,8 @@ pub struct Job {
     pub sampling: SamplerConfig,
     pub stop: Vec<String>,
     pub events: mpsc::Sender<Event>,
+    /// Timing, tokens and outcome, recorded where they happen.
+    pub track: RequestTrack,
 }
 
 /// Text chunks in flight per request: enough to keep the engine busy while the writer catches
@@ -138,7 +141,9 @@ fn engine_loop(mut generator: impl Generator, tok: &Tokenizer, jobs: &Mutex<mpsc
             // The client left while the request waited.
             continue;
         }
+        job.track.started(job.prompt.len());
         let events = job.events.clone();
+        let track = job.track.clone();
         // A panic in the engine must not take the node down, only this request.
         let outcome =
             std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&mut generator, tok, job)));
@@ -148,6 +153,7 @@ fn engine_loop(mut generator: impl Generator, tok: &Tokenizer, jobs: &Mutex<mpsc
             Err(_) => "the engine failed on this request".to_string(),
         };
         tracing::warn!(error = %failure, "generation failed");
+        track.finish(Outcome::Error);
         let _ = events.blocking_send(Event::Failed(failure));
     }
 }
@@ -159,6 +165,7 @@ fn run_job(generator: &mut impl Generator, tok: &Tokenizer, job: Job) -> Result<
         sampling,
         stop,
         events,
+        track,
     } = job;
     let mut detok = Detokenizer::new();
     let mut stops = StopMatcher::new(stop);
@@ -166,6 +173,7 @@ fn run_job(generator: &mut impl Generator, tok: &Tokenizer, job: Job) -> Result<
     let mut hit_stop = false;
     let mut gone = false;
     let ending = generator.generate(&prompt, max_tokens, sampling, &mut |t| {
+        track.token();
         count += 1;
         let (text, hit) = stops.push(&detok.push(tok, t));
         if !text.is_empty() && events.blocking_send(Event::Text(text)).is_err() {
@@ -194,6 +202,7 @@ fn run_job(generator: &mut impl Generator, tok: &Tokenizer, job: Job) -> Result<
         Ending::EndOfGeneration | Ending::Cancelled => Finish::Stop,
         Ending::MaxTokens | Ending::ContextFull => Finish::Length,
     };
+    track.finish(Outcome::Ok);
     let _ = events.blocking_send(Event::Done {
         finish,
         completion_tokens: count,

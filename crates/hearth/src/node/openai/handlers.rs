@@ -1,6 +1,7 @@
 //! Axum handlers: parse and check a request, tokenize it, queue it for the engine and shape the
 //! engine's events into OpenAI's answer, whole or as server-sent events.
 
+use super::super::metrics::{Endpoint, Outcome, RequestTrack};
 use super::engine::{Event, Finish, Job, Refused, EVENTS_PER_REQUEST};
 use super::types::*;
 use super::{OpenAi, Serving};
@@ -58,6 +59,12 @@ impl ApiError {
 
     fn server(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// Records this error as the request's outcome, on its way out.
+    fn tracked(self, track: &RequestTrack) -> ApiError {
+        track.finish(Outcome::of_error(self.status, self.code));
+        self
     }
 
     fn body(&self) -> ErrorBody {
@@ -151,19 +158,27 @@ pub async fn chat_completions(
     State(api): State<OpenAi>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    chat(api, body).await.unwrap_or_else(|e| e.into_response())
+    let track = api.metrics.request(Endpoint::ChatCompletions);
+    chat(api, body, &track)
+        .await
+        .unwrap_or_else(|e| e.tracked(&track).into_response())
 }
 
 pub async fn completions(
     State(api): State<OpenAi>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    completion(api, body)
+    let track = api.metrics.request(Endpoint::Completions);
+    completion(api, body, &track)
         .await
-        .unwrap_or_else(|e| e.into_response())
+        .unwrap_or_else(|e| e.tracked(&track).into_response())
 }
 
-async fn chat(api: OpenAi, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat(
+    api: OpenAi,
+    body: Result<Bytes, BytesRejection>,
+    track: &RequestTrack,
+) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let req: ChatRequest = parse(&body)?;
     let serving = serving(&api, req.model.as_deref())?;
@@ -182,12 +197,13 @@ async fn chat(api: OpenAi, body: Result<Bytes, BytesRejection>) -> Result<Respon
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))??;
-    generate(serving, Kind::Chat, prompt, params).await
+    generate(serving, Kind::Chat, prompt, params, track).await
 }
 
 async fn completion(
     api: OpenAi,
     body: Result<Bytes, BytesRejection>,
+    track: &RequestTrack,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let req: CompletionRequest = parse(&body)?;
@@ -213,7 +229,7 @@ async fn completion(
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))?;
-    generate(serving, Kind::Completion, prompt, params).await
+    generate(serving, Kind::Completion, prompt, params, track).await
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -435,6 +451,7 @@ async fn generate(
     kind: Kind,
     prompt: Vec<u32>,
     p: Params,
+    track: &RequestTrack,
 ) -> Result<Response, ApiError> {
     let param = match kind {
         Kind::Chat => "messages",
@@ -466,6 +483,7 @@ async fn generate(
         kind,
         prompt_tokens: prompt.len(),
     };
+    track.queued();
     serving
         .engine
         .submit(Job {
@@ -474,6 +492,7 @@ async fn generate(
             sampling: p.sampling,
             stop: p.stop,
             events: tx,
+            track: track.clone(),
         })
         .map_err(|e| match e {
             Refused::QueueFull => ApiError::new(

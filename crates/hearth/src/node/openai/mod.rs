@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod text;
 pub mod types;
 
+use super::metrics::Metrics;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -99,11 +100,12 @@ impl ServedModels {
     }
 }
 
-/// The router's state: the served models and the limits.
+/// The router's state: the served models, the limits, and the node's metrics.
 #[derive(Clone)]
 pub struct OpenAi {
     pub models: ServedModels,
     pub max_body: usize,
+    pub metrics: Metrics,
 }
 
 pub fn router(api: OpenAi) -> Router {
