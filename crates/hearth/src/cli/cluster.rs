@@ -29,6 +29,9 @@ pub struct StatusArgs {
     /// Redraw every second until interrupted.
     #[arg(long)]
     pub watch: bool,
+    /// An admin token for a node that requires one (default: $HEARTH_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -59,16 +62,26 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     }
 }
 
-fn fetch(api: &str) -> anyhow::Result<Value> {
+fn fetch(api: &str, token: Option<&str>) -> anyhow::Result<Value> {
     let url = format!("http://{api}/api/cluster");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let body = agent
-        .get(&url)
+    let mut request = agent.get(&url);
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let body = request
         .call()
-        .with_context(|| format!("no hearth node answers at {url} (is `hearth up` running?)"))?
+        .map_err(|e| match e {
+            ureq::Error::StatusCode(s @ (401 | 403)) => anyhow::anyhow!(
+                "{url} answered {s}: pass an admin token with --token or $HEARTH_TOKEN"
+            ),
+            e => anyhow::Error::new(e).context(format!(
+                "no hearth node answers at {url} (is `hearth up` running?)"
+            )),
+        })?
         .body_mut()
         .read_to_string()
         .context("reading the node's answer")?;
@@ -76,8 +89,13 @@ fn fetch(api: &str) -> anyhow::Result<Value> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("HEARTH_TOKEN").ok())
+        .filter(|t| !t.is_empty());
     loop {
-        let v = fetch(&args.api)?;
+        let v = fetch(&args.api, token.as_deref())?;
         let mut out = std::io::stdout().lock();
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;

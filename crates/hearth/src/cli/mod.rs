@@ -8,5 +8,6 @@ pub mod model;
 pub mod place;
 mod progress;
 pub mod run;
+pub mod token;
 pub mod tokenize;
 pub mod up;

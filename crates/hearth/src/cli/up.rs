@@ -8,6 +8,7 @@ use super::load::{parse_size, EngineArgs, LoadedModel, ModelArgs};
 use crate::node::driver::{now_ms, Driver, LocalFact};
 use crate::node::openai::engine::LocalGenerator;
 use crate::node::openai::{self, OpenAi, ServedModel, Serving};
+use crate::node::security::{self, Security, SecurityArgs};
 use crate::node::view::View;
 use crate::node::{api, facts};
 use anyhow::{bail, Context};
@@ -87,6 +88,8 @@ pub struct UpArgs {
     /// Log verbosity: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `$XDG_DATA_HOME/hearth/node`, or `~/.local/share/hearth/node`.
@@ -148,6 +151,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .transpose()?
             .map(Arc::new),
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        max_prompt_tokens: args
+            .security
+            .max_prompt_tokens
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -177,10 +184,12 @@ async fn serve(
     cfg.peers = args.peers.clone();
     cfg.mdns = !args.no_mdns;
     cfg.node_name = name.clone();
-    let api_listener = tokio::net::TcpListener::bind(args.api)
+    let security = Security::open(&args.security, &data_dir, args.api)?;
+    let api_listener = security
+        .bind(args.api)
         .await
         .with_context(|| format!("cannot listen for the API on {}", args.api))?;
-    let api_addr = api_listener.local_addr()?;
+    let api_addr = api_listener.local_addr();
     let (net, events) = hearth_net::start(cfg)
         .await
         .context("cannot start the network")?;
@@ -199,8 +208,9 @@ async fn serve(
         ..View::default()
     }));
     println!(
-        "hearth node {id} ({name}) in cluster {}; API on http://{api_addr}",
-        net.cluster_id()
+        "hearth node {id} ({name}) in cluster {}; API on {}://{api_addr}",
+        net.cluster_id(),
+        security.scheme()
     );
 
     let (fact_tx, fact_rx) = mpsc::channel(64);
@@ -214,15 +224,19 @@ async fn serve(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai))
-        .with_graceful_shutdown(wait_for(stop_rx.clone()));
-    let server = tokio::spawn(async move { server.await });
+    let router = api::router(Arc::clone(&view), openai, security.auth.clone());
+    let server = tokio::spawn(security::serve(
+        api_listener,
+        router,
+        wait_for(stop_rx.clone()),
+    ));
     let driver = Driver {
         member,
         net,
         view,
         tick: Duration::from_millis(100),
         refusal_report: Duration::from_secs(1),
+        audit: security.audit.clone(),
     };
     let driver = tokio::spawn(driver.run(events, fact_rx, stop_rx));
 

@@ -1,6 +1,7 @@
 //! The node's HTTP server: cluster admin endpoints and the OpenAI-compatible API.
 
 use super::openai::{self, handlers, OpenAi};
+use super::security::auth::{self, Auth};
 use super::view::SharedView;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +10,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-pub fn router(view: SharedView, api: OpenAi) -> Router {
+/// Every route, the fallbacks included, sits behind the auth layer.
+pub fn router(view: SharedView, api: OpenAi, auth: Auth) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/cluster", get(cluster))
@@ -19,6 +21,7 @@ pub fn router(view: SharedView, api: OpenAi) -> Router {
         // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
 }
 
 fn unavailable() -> Response {

@@ -2,6 +2,7 @@
 //! network sends. One task owns the member, so its state needs no lock; readers get a copy
 //! through the shared [`View`].
 
+use super::security::audit::Audit;
 use super::view::{Refusal, SharedView};
 use hearth_cluster::{Event, Input, LinkMeasurement, Member, NodeId, Output, Role};
 use hearth_net::{NetEvent, NetHandle, PeerId};
@@ -30,6 +31,8 @@ pub struct Driver {
     pub tick: Duration,
     /// How often this node's refusal counters are republished when they changed.
     pub refusal_report: Duration,
+    /// Peer admissions and refusals are recorded here.
+    pub audit: Audit,
 }
 
 impl Driver {
@@ -103,6 +106,14 @@ impl Driver {
         match ev {
             NetEvent::PeerAdmitted { peer, name, addrs } => {
                 tracing::info!(%peer, %name, "peer admitted");
+                self.audit.record(
+                    "peer.admitted",
+                    serde_json::json!({
+                        "peer": peer.to_string(),
+                        "name": name,
+                        "addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    }),
+                );
                 Some(Input::PeerUp {
                     id: node_id(&peer),
                     name,
@@ -116,6 +127,14 @@ impl Driver {
             }),
             NetEvent::Refused { peer, addr, reason } => {
                 tracing::warn!(%peer, addr = ?addr.as_ref().map(|a| a.to_string()), %reason, "peer refused");
+                self.audit.record(
+                    "peer.refused",
+                    serde_json::json!({
+                        "peer": peer.to_string(),
+                        "addr": addr.as_ref().map(|a| a.to_string()),
+                        "reason": reason.to_string(),
+                    }),
+                );
                 if let Ok(mut v) = self.view.write() {
                     v.record_refusal(Refusal {
                         at_ms: now_ms(),

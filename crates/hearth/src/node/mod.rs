@@ -3,10 +3,12 @@
 //!
 //! [`driver`] is the loop that turns network events and a timer into inputs of the cluster
 //! member and its outputs into network sends; [`view`] is what the loop publishes for the API;
-//! [`api`] serves it, with [`openai`], the OpenAI-compatible API of a model run on this node.
+//! [`api`] serves it, with [`openai`], the OpenAI-compatible API of a model run on this node;
+//! [`security`] guards it (tokens, TLS) and keeps the node's audit log.
 
 pub mod api;
 pub mod driver;
 pub mod facts;
 pub mod openai;
+pub mod security;
 pub mod view;

@@ -34,7 +34,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -51,9 +55,13 @@ impl ApiError {
         }
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 
     fn server(message: impl Into<String>) -> ApiError {
@@ -182,7 +190,7 @@ async fn chat(api: OpenAi, body: Result<Bytes, BytesRejection>) -> Result<Respon
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))??;
-    generate(serving, Kind::Chat, prompt, params).await
+    generate(serving, Kind::Chat, prompt, params, api.max_prompt_tokens).await
 }
 
 async fn completion(
@@ -214,7 +222,14 @@ async fn completion(
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))?;
-    generate(serving, Kind::Completion, prompt, params).await
+    generate(
+        serving,
+        Kind::Completion,
+        prompt,
+        params,
+        api.max_prompt_tokens,
+    )
+    .await
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -433,6 +448,7 @@ async fn generate(
     kind: Kind,
     prompt: Vec<u32>,
     p: Params,
+    max_prompt: Option<usize>,
 ) -> Result<Response, ApiError> {
     let param = match kind {
         Kind::Chat => "messages",
@@ -440,6 +456,16 @@ async fn generate(
     };
     if prompt.is_empty() {
         return Err(ApiError::invalid("the prompt is empty", Some(param)));
+    }
+    if let Some(max) = max_prompt.filter(|&m| prompt.len() > m) {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt has {} tokens; this node accepts at most {max} per request",
+                prompt.len()
+            ),
+            Some(param),
+        )
+        .code("context_length_exceeded"));
     }
     let context = serving.model.context;
     let room = context.saturating_sub(prompt.len());

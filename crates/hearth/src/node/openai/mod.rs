@@ -64,6 +64,8 @@ impl Serving {
 pub struct OpenAi {
     pub serving: Option<Arc<Serving>>,
     pub max_body: usize,
+    /// Longest prompt a request may send, in tokens; the context bounds it in any case.
+    pub max_prompt_tokens: Option<usize>,
 }
 
 pub fn router(api: OpenAi) -> Router {
