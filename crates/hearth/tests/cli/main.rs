@@ -8,8 +8,10 @@
 mod bad_input;
 mod cluster;
 mod devices;
+mod openai_client;
 mod place;
 mod reference;
+mod security;
 mod serve;
 mod shards;
 
