@@ -34,6 +34,9 @@ enum Command {
     /// Inspect the cluster this node belongs to.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCommand),
+    /// Create, list and revoke bearer tokens for a node's API.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
     /// Download and list models.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => cli::devices::run(args),
         Command::Up(args) => cli::up::run(args),
         Command::Cluster(cmd) => cli::cluster::run(cmd),
+        Command::Token(cmd) => cli::token::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,9 @@ pub struct StatusArgs {
     /// Redraw every second until interrupted.
     #[arg(long)]
     pub watch: bool,
+    /// An admin token for a node that requires one (default: $HEARTH_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -59,16 +62,26 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     }
 }
 
-fn fetch(api: &str, path: &str) -> anyhow::Result<Value> {
+fn fetch(api: &str, path: &str, token: Option<&str>) -> anyhow::Result<Value> {
     let url = format!("http://{api}{path}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let body = agent
-        .get(&url)
+    let mut request = agent.get(&url);
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let body = request
         .call()
-        .with_context(|| format!("no hearth node answers at {url} (is `hearth up` running?)"))?
+        .map_err(|e| match e {
+            ureq::Error::StatusCode(s @ (401 | 403)) => anyhow::anyhow!(
+                "{url} answered {s}: pass an admin token with --token or $HEARTH_TOKEN"
+            ),
+            e => anyhow::Error::new(e).context(format!(
+                "no hearth node answers at {url} (is `hearth up` running?)"
+            )),
+        })?
         .body_mut()
         .read_to_string()
         .context("reading the node's answer")?;
@@ -76,10 +89,15 @@ fn fetch(api: &str, path: &str) -> anyhow::Result<Value> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("HEARTH_TOKEN").ok())
+        .filter(|t| !t.is_empty());
     loop {
-        let mut v = fetch(&args.api, "/api/cluster")?;
+        let mut v = fetch(&args.api, "/api/cluster", token.as_deref())?;
         // A node without alerts (an older release) still has a status worth showing.
-        let alerts = fetch(&args.api, "/api/alerts").ok();
+        let alerts = fetch(&args.api, "/api/alerts", token.as_deref()).ok();
         let mut out = std::io::stdout().lock();
         if args.json {
             if let (Some(obj), Some(a)) = (v.as_object_mut(), alerts) {

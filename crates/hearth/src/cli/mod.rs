@@ -9,5 +9,6 @@ pub mod place;
 mod progress;
 pub mod remote;
 pub mod run;
+pub mod token;
 pub mod tokenize;
 pub mod up;

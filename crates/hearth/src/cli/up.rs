@@ -12,8 +12,9 @@ use crate::node::instances::models::{self, HashCache, Placement};
 use crate::node::instances::plan::{Reconciler, ServePolicy};
 use crate::node::instances::stages::StageSettings;
 use crate::node::instances::{self, ServingSetup};
-use crate::node::openai::{self, OpenAi, ServedModels};
 use crate::node::metrics::Metrics;
+use crate::node::openai::{self, OpenAi, ServedModels};
+use crate::node::security::{self, Security, SecurityArgs};
 use crate::node::view::View;
 use crate::node::{alerts, api, facts};
 use anyhow::{bail, Context};
@@ -106,6 +107,8 @@ pub struct UpArgs {
     /// Log verbosity: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `$XDG_DATA_HOME/hearth/node`, or `~/.local/share/hearth/node`.
@@ -178,6 +181,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         models: ServedModels::default(),
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         metrics: Metrics::new(),
+        max_prompt_tokens: args
+            .security
+            .max_prompt_tokens
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -230,10 +237,12 @@ async fn serve(
     cfg.peers = args.peers.clone();
     cfg.mdns = !args.no_mdns;
     cfg.node_name = name.clone();
-    let api_listener = tokio::net::TcpListener::bind(args.api)
+    let security = Security::open(&args.security, &data_dir, args.api)?;
+    let api_listener = security
+        .bind(args.api)
         .await
         .with_context(|| format!("cannot listen for the API on {}", args.api))?;
-    let api_addr = api_listener.local_addr()?;
+    let api_addr = api_listener.local_addr();
     let (net, events) = hearth_net::start(cfg)
         .await
         .context("cannot start the network")?;
@@ -252,8 +261,9 @@ async fn serve(
         ..View::default()
     }));
     println!(
-        "hearth node {id} ({name}) in cluster {}; API on http://{api_addr}",
-        net.cluster_id()
+        "hearth node {id} ({name}) in cluster {}; API on {}://{api_addr}",
+        net.cluster_id(),
+        security.scheme()
     );
 
     let (fact_tx, fact_rx) = mpsc::channel(64);
@@ -312,9 +322,12 @@ async fn serve(
         hashes: Arc::clone(&links.hashes),
     };
     alerts::spawn(Arc::clone(&view), stop_rx.clone());
-    let server = axum::serve(api_listener, api::router(Arc::clone(&view), openai, admin))
-        .with_graceful_shutdown(wait_for(stop_rx.clone()));
-    let server = tokio::spawn(async move { server.await });
+    let router = api::router(Arc::clone(&view), openai, admin, security.auth.clone());
+    let server = tokio::spawn(security::serve(
+        api_listener,
+        router,
+        wait_for(stop_rx.clone()),
+    ));
     let driver = Driver {
         member,
         net,
@@ -330,6 +343,7 @@ async fn serve(
             }),
             published_hash: 0,
         },
+        audit: security.audit.clone(),
     };
     let driver = tokio::spawn(driver.run(events, fact_rx, stop_rx));
 

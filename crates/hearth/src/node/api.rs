@@ -4,6 +4,7 @@
 use super::admin::{self, Admin};
 use super::metrics;
 use super::openai::{self, handlers, OpenAi};
+use super::security::auth::{self, Auth};
 use super::view::SharedView;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +13,8 @@ use axum::routing::get;
 use axum::{middleware, Json, Router};
 use serde_json::json;
 
-pub fn router(view: SharedView, api: OpenAi, admin: Admin) -> Router {
+/// Every route, the fallbacks included, sits behind the auth layer.
+pub fn router(view: SharedView, api: OpenAi, admin: Admin, auth: Auth) -> Router {
     let instruments = api.metrics.clone();
     let registry = instruments.registry(view.clone());
     Router::new()
@@ -27,7 +29,8 @@ pub fn router(view: SharedView, api: OpenAi, admin: Admin) -> Router {
         // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        // Outermost, so every response is counted, fallbacks included.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
+        // Outermost, so every response is counted, fallbacks and refusals included.
         .layer(middleware::from_fn_with_state(
             instruments,
             metrics::track_http,

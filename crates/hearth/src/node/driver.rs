@@ -3,6 +3,7 @@
 //! through the shared [`View`].
 
 use super::instances::plan::Reconciler;
+use super::security::audit::Audit;
 use super::view::{Refusal, SharedView};
 use hearth_cluster::ClusterState;
 use hearth_cluster::{Event, Input, LinkMeasurement, Member, NodeId, Output, Role};
@@ -37,6 +38,8 @@ pub struct Driver {
     /// Serving's side of the loop: where states and incoming data streams go, and the
     /// coordinator's placement decisions.
     pub serving: ServingHooks,
+    /// Peer admissions and refusals are recorded here.
+    pub audit: Audit,
 }
 
 pub struct ServingHooks {
@@ -131,6 +134,14 @@ impl Driver {
         match ev {
             NetEvent::PeerAdmitted { peer, name, addrs } => {
                 tracing::info!(%peer, %name, "peer admitted");
+                self.audit.record(
+                    "peer.admitted",
+                    serde_json::json!({
+                        "peer": peer.to_string(),
+                        "name": name,
+                        "addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    }),
+                );
                 Some(Input::PeerUp {
                     id: node_id(&peer),
                     name,
@@ -144,6 +155,14 @@ impl Driver {
             }),
             NetEvent::Refused { peer, addr, reason } => {
                 tracing::warn!(%peer, addr = ?addr.as_ref().map(|a| a.to_string()), %reason, "peer refused");
+                self.audit.record(
+                    "peer.refused",
+                    serde_json::json!({
+                        "peer": peer.to_string(),
+                        "addr": addr.as_ref().map(|a| a.to_string()),
+                        "reason": reason.to_string(),
+                    }),
+                );
                 if let Ok(mut v) = self.view.write() {
                     v.record_refusal(Refusal {
                         at_ms: now_ms(),

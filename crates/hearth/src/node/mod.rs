@@ -3,9 +3,10 @@
 //!
 //! [`driver`] is the loop that turns network events and a timer into inputs of the cluster
 //! member and its outputs into network sends; [`view`] is what the loop publishes for the API;
-//! [`api`] serves it, with [`openai`], the OpenAI-compatible API of a model run on this node.
-//! [`metrics`] exposes the node and the cluster to Prometheus; [`alerts`] judges the state for
-//! conditions a person should act on.
+//! [`api`] serves it, with [`openai`], the OpenAI-compatible API; [`instances`] serves models
+//! across the cluster and [`admin`] loads and unloads them; [`metrics`] exposes the node and the
+//! cluster to Prometheus; [`alerts`] judges the state for conditions a person should act on;
+//! [`security`] guards the API (tokens, TLS) and keeps the node's audit log.
 
 pub mod admin;
 pub mod alerts;
@@ -15,4 +16,5 @@ pub mod facts;
 pub mod instances;
 pub mod metrics;
 pub mod openai;
+pub mod security;
 pub mod view;

@@ -9,8 +9,10 @@ mod bad_input;
 mod cluster;
 mod devices;
 mod observe;
+mod openai_client;
 mod place;
 mod reference;
+mod security;
 mod serve;
 mod shards;
 

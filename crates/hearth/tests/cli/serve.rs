@@ -5,18 +5,18 @@ use crate::cluster::harness::{get, measured_home, wait_for_model, Node, TempDir}
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const SYSTEM: &str = "You are a concise assistant.";
 const USER: &str = "Name three colours of the rainbow.";
 
-struct Served {
-    node: Node,
+pub(crate) struct Served {
+    pub(crate) node: Node,
     _home: TempDir,
     _dir: TempDir,
 }
 
 /// Starts `hearth up` on loopback serving the test model, plus `extra` flags.
-fn serve(tag: &str, extra: &[&str]) -> Served {
+pub(crate) fn serve(tag: &str, extra: &[&str]) -> Served {
     let home = measured_home();
     let dir = TempDir::new(tag);
     let model = model_path(MODEL);

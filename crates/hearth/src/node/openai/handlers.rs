@@ -35,7 +35,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -52,9 +56,13 @@ impl ApiError {
         }
     }
 
-    fn code(mut self, code: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
         self.code = Some(code);
         self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 
     fn server(message: impl Into<String>) -> ApiError {
@@ -197,7 +205,15 @@ async fn chat(
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))??;
-    generate(serving, Kind::Chat, prompt, params, track).await
+    generate(
+        serving,
+        Kind::Chat,
+        prompt,
+        params,
+        track,
+        api.max_prompt_tokens,
+    )
+    .await
 }
 
 async fn completion(
@@ -229,7 +245,15 @@ async fn completion(
     })
     .await
     .map_err(|_| ApiError::server("tokenizing the prompt failed"))?;
-    generate(serving, Kind::Completion, prompt, params, track).await
+    generate(
+        serving,
+        Kind::Completion,
+        prompt,
+        params,
+        track,
+        api.max_prompt_tokens,
+    )
+    .await
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -452,6 +476,7 @@ async fn generate(
     prompt: Vec<u32>,
     p: Params,
     track: &RequestTrack,
+    max_prompt: Option<usize>,
 ) -> Result<Response, ApiError> {
     let param = match kind {
         Kind::Chat => "messages",
@@ -459,6 +484,16 @@ async fn generate(
     };
     if prompt.is_empty() {
         return Err(ApiError::invalid("the prompt is empty", Some(param)));
+    }
+    if let Some(max) = max_prompt.filter(|&m| prompt.len() > m) {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt has {} tokens; this node accepts at most {max} per request",
+                prompt.len()
+            ),
+            Some(param),
+        )
+        .code("context_length_exceeded"));
     }
     let context = serving.model.context;
     let room = context.saturating_sub(prompt.len());

@@ -106,6 +106,8 @@ pub struct OpenAi {
     pub models: ServedModels,
     pub max_body: usize,
     pub metrics: Metrics,
+    /// Longest prompt a request may send, in tokens; the context bounds it in any case.
+    pub max_prompt_tokens: Option<usize>,
 }
 
 pub fn router(api: OpenAi) -> Router {

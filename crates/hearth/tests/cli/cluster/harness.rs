@@ -38,6 +38,10 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub api: String,
     pub id: String,
+    /// The line the node printed when it started.
+    pub banner: String,
+    /// An admin token for the node's API, where it needs one (an API beyond loopback).
+    pub token: Option<String>,
     child: Child,
     log: PathBuf,
 }
@@ -95,7 +99,8 @@ impl Node {
                 .strip_prefix("hearth node ")?
                 .split_whitespace()
                 .next()?;
-            let api = line.rsplit("http://").next()?.trim();
+            // `http://` or, with TLS, `https://`.
+            let api = line.rsplit("://").next()?.trim();
             Some((id.to_string(), api.to_string()))
         };
         let Some((id, api)) = parse() else {
@@ -110,13 +115,15 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             api,
             id,
+            banner: line.trim().to_string(),
+            token: None,
             child,
             log,
         }
     }
 
     pub fn cluster(&self) -> Option<Value> {
-        get(&self.api, "/api/cluster")
+        get_with(&self.api, "/api/cluster", self.token.as_deref())
     }
 
     /// The first address this node listens on, once it reports one.
@@ -174,17 +181,20 @@ impl Drop for Node {
 }
 
 pub fn get(api: &str, path: &str) -> Option<Value> {
+    get_with(api, path, None)
+}
+
+/// As [`get`], with a bearer token when one is given.
+pub fn get_with(api: &str, path: &str, token: Option<&str>) -> Option<Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
         .into();
-    let body = agent
-        .get(format!("http://{api}{path}"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
+    let mut request = agent.get(format!("http://{api}{path}"));
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let body = request.call().ok()?.body_mut().read_to_string().ok()?;
     serde_json::from_str(&body).ok()
 }
 
@@ -293,5 +303,58 @@ pub fn wait_for_model(node: &Node, limit: Duration) {
             node.log()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Creates an admin token in a node's data dir (`hearth token create`), for an API that
+/// listens beyond loopback and so requires one.
+pub fn admin_token(data_dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "token",
+            "create",
+            "--scope",
+            "admin",
+            "--name",
+            "harness",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Every line of the node's audit log, each of which must be one JSON object.
+pub fn audit_lines(data_dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(data_dir.join("audit.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"));
+            assert!(v["at"].is_string() && v["kind"].is_string(), "{l}");
+            v
+        })
+        .collect()
+}
+
+/// Waits for an audit line for which `want` holds.
+pub fn audited(data_dir: &Path, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = audit_lines(data_dir);
+        if let Some(v) = lines.iter().find(|v| want(v)) {
+            return v.clone();
+        }
+        if Instant::now() > deadline {
+            let all: Vec<String> = lines.iter().map(Value::to_string).collect();
+            panic!("no audit line for {what}; the log:\n{}", all.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

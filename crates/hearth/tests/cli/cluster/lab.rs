@@ -2,7 +2,7 @@
 //! nftables and a delay relay (`hearth-netlab`), partitioned and healed. Needs root; where the
 //! machine cannot make namespaces each test says so and checks nothing.
 
-use super::harness::{agree_on, members, wait_until, Node, TempDir, KEY};
+use super::harness::{admin_token, agree_on, members, wait_until, Node, TempDir, KEY};
 use hearth_netlab::{Lab, Relay};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -29,13 +29,18 @@ fn start_in(lab: &Lab, i: usize, dir: &TempDir, home: &TempDir, extra: &[&str]) 
     ];
     args.extend_from_slice(extra);
     let name = format!("ns-{i}");
-    Node::start_with(
+    let data_dir = dir.0.join(&name);
+    // The API listens on the namespace's address, beyond loopback, so it needs a token.
+    let token = admin_token(&data_dir);
+    let mut node = Node::start_with(
         lab.command(i, env!("CARGO_BIN_EXE_hearth")),
         &name,
-        &dir.0.join(&name),
+        &data_dir,
         &home.0,
         &args,
-    )
+    );
+    node.token = Some(token);
+    node
 }
 
 fn ids(nodes: &[&Node]) -> Vec<String> {

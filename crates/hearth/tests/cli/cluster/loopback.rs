@@ -1,6 +1,8 @@
 //! Nodes on loopback, found through `--peer` only (no mDNS: loopback carries no multicast).
 
-use super::harness::{agree_on, get, measured_home, members, wait_until, Node, TempDir, KEY};
+use super::harness::{
+    agree_on, audited, get, measured_home, members, wait_until, Node, TempDir, KEY,
+};
 use std::time::Duration;
 
 /// Loopback on one transport: `/tcp/` or `/quic-v1`.
@@ -157,6 +159,17 @@ fn a_node_with_the_wrong_key_is_refused_by_every_member_and_counted() {
             "{} did not log the refusal",
             n.name
         );
+    }
+    // Each member's audit log has the refusal, and the admissions of the other members.
+    for n in &nodes {
+        audited(&n.data_dir, "the intruder refused", |v| {
+            v["kind"] == "peer.refused" && v["peer"] == intruder.id.as_str()
+        });
+        for m in nodes.iter().filter(|m| m.id != n.id) {
+            audited(&n.data_dir, "a member admitted", |v| {
+                v["kind"] == "peer.admitted" && v["peer"] == m.id.as_str()
+            });
+        }
     }
     let intruder_view = intruder.cluster().unwrap();
     for n in &nodes {
