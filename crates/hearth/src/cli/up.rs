@@ -8,7 +8,8 @@ use super::devices::measured_cpu;
 use super::load::parse_size;
 use crate::node::admin::Admin;
 use crate::node::driver::{now_ms, Driver, LocalFact, ServingHooks};
-use crate::node::instances::models::{self, HashCache, Placement};
+use crate::node::instances::files::LocalModels;
+use crate::node::instances::models::{self, Placement};
 use crate::node::instances::plan::{Reconciler, ServePolicy};
 use crate::node::instances::stages::StageSettings;
 use crate::node::instances::{self, ServingSetup};
@@ -205,15 +206,10 @@ struct Requested {
 
 fn resolve(spec: &str) -> anyhow::Result<Requested> {
     let path = super::model::resolve_or_pull(spec)?;
-    // A relative path means nothing to other nodes; they get the file from this one.
-    let spec = if Path::new(spec).is_file() {
-        std::fs::canonicalize(spec)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| spec.to_string())
-    } else {
-        spec.to_string()
-    };
-    Ok(Requested { spec, path })
+    Ok(Requested {
+        spec: spec.to_string(),
+        path,
+    })
 }
 
 async fn serve(
@@ -294,7 +290,7 @@ async fn serve(
             placement: args.placement,
             context: args.context,
             me: id.clone(),
-            hashes: Arc::clone(&links.hashes),
+            files: Arc::clone(&links.files),
             facts: fact_tx.clone(),
             view: Arc::clone(&view),
         };
@@ -319,7 +315,7 @@ async fn serve(
         view: Arc::clone(&view),
         me: id.clone(),
         facts: fact_tx_admin,
-        hashes: Arc::clone(&links.hashes),
+        files: Arc::clone(&links.files),
     };
     alerts::spawn(Arc::clone(&view), stop_rx.clone());
     let router = api::router(Arc::clone(&view), openai, admin, security.auth.clone());
@@ -366,7 +362,7 @@ struct ModelRequest {
     placement: Placement,
     context: Option<usize>,
     me: NodeId,
-    hashes: Arc<HashCache>,
+    files: Arc<LocalModels>,
     facts: mpsc::Sender<LocalFact>,
     view: crate::node::view::SharedView,
 }
@@ -386,7 +382,7 @@ impl ModelRequest {
         let wanted = match models::wanted(
             &self.model.spec,
             &self.model.path,
-            &self.hashes,
+            &self.files,
             &self.me,
             self.placement,
             context,

@@ -3,7 +3,8 @@
 //! node's machine), `DELETE /api/instances/{model}` (stop serving it).
 
 use super::driver::LocalFact;
-use super::instances::models::{self, HashCache, Placement};
+use super::instances::files::LocalModels;
+use super::instances::models::{self, Placement};
 use super::view::SharedView;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,7 +22,7 @@ pub struct Admin {
     pub view: SharedView,
     pub me: NodeId,
     pub facts: mpsc::Sender<LocalFact>,
-    pub hashes: Arc<HashCache>,
+    pub files: Arc<LocalModels>,
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -148,14 +149,7 @@ async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
             Some(c) => c,
             None => crate::cli::load::training_context(&path)?.min(4096),
         };
-        let spec = if std::path::Path::new(&req.model).is_file() {
-            std::fs::canonicalize(&req.model)?
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            req.model.clone()
-        };
-        models::wanted(&spec, &path, &a.hashes, &a.me, placement, context)
+        models::wanted(&req.model, &path, &a.files, &a.me, placement, context)
     })
     .await;
     let wanted = match described {

@@ -6,6 +6,7 @@
 //! - [`transport`]: pipeline messages over the peer layer's data streams.
 //! - [`serving`]: the API serves every model with a ready instance through the pipeline.
 
+pub mod files;
 pub mod models;
 pub mod plan;
 pub mod serving;
@@ -15,10 +16,10 @@ pub mod transport;
 use crate::node::driver::LocalFact;
 use crate::node::openai::ServedModels;
 use crate::node::view::SharedView;
+use files::LocalModels;
 use hearth_cluster::{ClusterState, NodeId};
 use hearth_net::{DataStream, NetHandle};
 use hearth_pipeline::{Outbox, Owner};
-use models::HashCache;
 use stages::{StageRunner, StageSettings};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -38,7 +39,7 @@ pub struct ServingLinks {
     pub states: watch::Sender<Arc<ClusterState>>,
     /// The loop hands every incoming data stream here.
     pub streams: mpsc::Sender<DataStream>,
-    pub hashes: Arc<HashCache>,
+    pub files: Arc<LocalModels>,
 }
 
 pub struct ServingSetup {
@@ -68,13 +69,17 @@ pub fn start(setup: ServingSetup) -> ServingLinks {
     let salt = crate::node::driver::now_ms() ^ u64::from(std::process::id()).rotate_left(40);
     let owner = Owner::new(setup.me.to_string(), out, salt);
     transport.set_owner(&owner);
-    let hashes = Arc::new(HashCache::default());
+    let files = Arc::new(LocalModels::new(
+        setup.data_dir.clone(),
+        setup.net.clone(),
+        setup.me.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let batch = setup.stage.batch;
     let runner = StageRunner {
         me: setup.me.clone(),
-        data_dir: setup.data_dir.clone(),
         transport: Arc::clone(&transport),
-        hashes: Arc::clone(&hashes),
+        files: Arc::clone(&files),
         facts: setup.facts,
         settings: setup.stage,
     };
@@ -83,30 +88,44 @@ pub fn start(setup: ServingSetup) -> ServingLinks {
         view: setup.view,
         models: setup.models,
         owner,
-        data_dir: setup.data_dir,
-        hashes: Arc::clone(&hashes),
+        files: Arc::clone(&files),
         workers: setup.workers,
         queue: setup.queue,
         batch,
     };
     tokio::spawn(sync.run(states_rx));
-    tokio::spawn(dispatch_streams(streams_rx, Arc::clone(&transport)));
+    tokio::spawn(dispatch_streams(
+        streams_rx,
+        Arc::clone(&transport),
+        Arc::clone(&files),
+    ));
     ServingLinks {
         states: states_tx,
         streams: streams_tx,
-        hashes,
+        files,
     }
 }
 
 /// Reads each incoming stream's opening frame and hands the stream to what it is for.
-async fn dispatch_streams(mut streams: mpsc::Receiver<DataStream>, transport: Arc<Transport>) {
+async fn dispatch_streams(
+    mut streams: mpsc::Receiver<DataStream>,
+    transport: Arc<Transport>,
+    files: Arc<LocalModels>,
+) {
     while let Some(mut stream) = streams.recv().await {
         let transport = Arc::clone(&transport);
+        let files = Arc::clone(&files);
         tokio::spawn(async move {
             let peer = stream.peer();
             let opening = tokio::time::timeout(OPENING_TIMEOUT, stream.recv()).await;
             match opening {
                 Ok(Ok(Some(o))) if o == PIPELINE_OPENING => transport.read_from(stream).await,
+                Ok(Ok(Some(o))) if o == hearth_transfer::STREAM_TAG => {
+                    match hearth_transfer::serve(&files.store, &mut stream).await {
+                        Ok(stats) => tracing::debug!(%peer, ?stats, "model file served"),
+                        Err(e) => tracing::warn!(%peer, error = %e, "model file transfer ended"),
+                    }
+                }
                 Ok(Ok(Some(_))) | Ok(Err(_)) => {
                     transport.counters.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "data stream with an unknown purpose; closed");

@@ -1,54 +1,46 @@
 //! Model files on this node: what a request to serve a model becomes (a [`WantedModel`]: the
 //! file's hash, size and planner profile), and where the file a stage needs is found here.
 
+use super::files::LocalModels;
 use crate::cli::place::profile_from_gguf;
 use hearth_cluster::{NodeId, WantedModel};
 use hearth_placement::ModelProfile;
+use hearth_transfer::{Manifest, DEFAULT_CHUNK_SIZE};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// The SHA-256 of each file this node hashed, keyed by path, size and modification time, so a
-/// model is hashed once per process however often it is placed.
+/// The manifest (whole-file and per-chunk SHA-256) of each file this node hashed, keyed by
+/// path, size and modification time, so a model is hashed once per process however often it
+/// is placed or served.
 #[derive(Default)]
 pub struct HashCache {
-    known: Mutex<HashMap<FileVersion, String>>,
+    known: Mutex<HashMap<FileVersion, Manifest>>,
 }
 
 /// A file as it was when hashed: its path, size and modification time.
 type FileVersion = (PathBuf, u64, Option<SystemTime>);
 
 impl HashCache {
-    pub fn sha256(&self, path: &Path) -> std::io::Result<String> {
-        let meta = std::fs::metadata(path)?;
+    /// Blocking: reads the whole file the first time.
+    pub fn manifest(&self, path: &Path) -> Result<Manifest, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
-        if let Some(h) = self.known.lock().ok().and_then(|k| k.get(&key).cloned()) {
-            return Ok(h);
+        if let Some(m) = self.known.lock().ok().and_then(|k| k.get(&key).cloned()) {
+            return Ok(m);
         }
-        let mut file = std::fs::File::open(path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let hex = hex(&hasher.finalize());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let m = Manifest::compute(path, name, DEFAULT_CHUNK_SIZE).map_err(|e| e.to_string())?;
         if let Ok(mut k) = self.known.lock() {
-            k.insert(key, hex.clone());
+            k.insert(key, m.clone());
         }
-        Ok(hex)
+        Ok(m)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How a request to serve a model is placed.
@@ -79,23 +71,32 @@ pub fn served_name(spec: &str, path: &Path) -> String {
     }
 }
 
-/// Describes the model file at `path` (asked for as `spec`) for the cluster.
+/// Describes the model file at `path` (asked for as `spec`) for the cluster, and serves it to
+/// peers from `files`. Blocking: the first time, the file is read whole.
 pub fn wanted(
     spec: &str,
     path: &Path,
-    hashes: &HashCache,
+    files: &LocalModels,
     requested_by: &NodeId,
     placement: Placement,
     context: usize,
 ) -> anyhow::Result<WantedModel> {
     let profile = profile_from_gguf(path)?;
-    let sha256 = hashes.sha256(path)?;
-    let size_bytes = std::fs::metadata(path)?.len();
+    let manifest = files.offer(path).map_err(anyhow::Error::msg)?;
+    // A path means nothing on another machine: peers get the file from this node (or from the
+    // catalog, when the spec names a catalog model).
+    let source = if hearth_model::catalog::find(spec).is_some() {
+        spec.to_string()
+    } else {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string())
+    };
     Ok(WantedModel {
         name: served_name(spec, path),
-        sha256,
-        size_bytes,
-        source: spec.to_string(),
+        sha256: manifest.sha256().to_hex(),
+        size_bytes: manifest.size(),
+        source,
         profile: profile_to_json(&profile).to_string(),
         requested_by: requested_by.clone(),
         placement: placement.name().to_string(),
@@ -159,40 +160,6 @@ pub fn store_path(data_dir: &Path, sha256: &str) -> PathBuf {
     data_dir.join("models").join(format!("{sha256}.gguf"))
 }
 
-/// A local file with the wanted model's bytes, if this node has one: what the requester was
-/// asked for (a path that exists here, or a catalog model already downloaded), else the
-/// node's store. Every candidate is checked against the hash.
-pub fn find_local(model: &WantedModel, data_dir: &Path, hashes: &HashCache) -> Option<PathBuf> {
-    let from_spec = if Path::new(&model.source).is_file() {
-        Some(PathBuf::from(&model.source))
-    } else {
-        hearth_model::catalog::resolve(&model.source)
-            .ok()
-            .map(|r| r.path)
-    };
-    let candidates = from_spec
-        .into_iter()
-        .chain(std::iter::once(store_path(data_dir, &model.sha256)));
-    for path in candidates {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if meta.len() != model.size_bytes {
-            continue;
-        }
-        match hashes.sha256(&path) {
-            Ok(h) if h == model.sha256 => return Some(path),
-            Ok(_) => {
-                tracing::warn!(path = %path.display(), "a local copy of the model differs from the cluster's; not used")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read a local copy of the model")
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,12 +216,13 @@ mod tests {
         std::fs::write(&f, b"abc").unwrap();
         let cache = HashCache::default();
         assert_eq!(
-            cache.sha256(&f).unwrap(),
+            cache.manifest(&f).unwrap().sha256().to_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // A different size is a different file version: hashed again.
         std::fs::write(&f, b"abcd").unwrap();
         assert_eq!(
-            cache.sha256(&f).unwrap(),
+            cache.manifest(&f).unwrap().sha256().to_hex(),
             "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
         );
         std::fs::remove_dir_all(&dir).unwrap();

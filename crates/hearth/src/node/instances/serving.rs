@@ -3,7 +3,7 @@
 //! that has a ready instance, whether or not it runs a stage of it; it needs the model's
 //! tokenizer and chat template, which it reads from its own copy of the file.
 
-use super::models::{find_local, HashCache};
+use super::files::LocalModels;
 use crate::node::openai::engine::{Ending, Generator};
 use crate::node::openai::{ServedModel, ServedModels, Serving};
 use crate::node::view::SharedView;
@@ -14,7 +14,7 @@ use hearth_model::gguf::GgufFile;
 use hearth_model::tokenizer::Tokenizer;
 use hearth_pipeline::{Owner, Patience, Request, Route, Routes};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -149,8 +149,7 @@ pub struct ServingSync {
     pub view: SharedView,
     pub models: ServedModels,
     pub owner: Arc<Owner>,
-    pub data_dir: PathBuf,
-    pub hashes: Arc<HashCache>,
+    pub files: Arc<LocalModels>,
     /// Requests generated at once per model.
     pub workers: usize,
     pub queue: usize,
@@ -177,7 +176,8 @@ impl ServingSync {
                 }
                 let this2 = Arc::clone(&this);
                 let m = model.clone();
-                let result = tokio::task::spawn_blocking(move || this2.serve(&m)).await;
+                let s = Arc::clone(&state);
+                let result = tokio::task::spawn_blocking(move || this2.serve(&m, &s)).await;
                 match result {
                     Ok(Ok(())) => {
                         unreadable.remove(&model.name);
@@ -196,9 +196,9 @@ impl ServingSync {
         }
     }
 
-    fn serve(&self, model: &WantedModel) -> Result<(), String> {
-        let path = find_local(model, &self.data_dir, &self.hashes)
-            .ok_or("this node has no copy of the model file to read its tokenizer from")?;
+    fn serve(&self, model: &WantedModel, state: &ClusterState) -> Result<(), String> {
+        // The header (tokenizer, chat template) is all this node needs when it runs no stage.
+        let path = self.files.obtain(model, None, state, &|_| {})?;
         let (tokenizer, template) = read_tokenizer(&path)?;
         let tokenizer = Arc::new(tokenizer);
         let generator = PipelineGenerator {

@@ -3,7 +3,7 @@
 //! thread, reporting each step as a `StageStatus`; when the stage leaves the state it is
 //! stopped.
 
-use super::models::{find_local, HashCache};
+use super::files::LocalModels;
 use super::transport::{Transport, TransportOutbox};
 use crate::node::driver::LocalFact;
 use hearth_cluster::{ClusterState, Event, InstanceStatus, NodeId, StageStatus, WantedModel};
@@ -11,7 +11,6 @@ use hearth_engine::{Shard, ShardOptions};
 use hearth_model::gguf::GgufFile;
 use hearth_pipeline::{spawn, ActDtype, Outbox, StageConfig, StageWorker};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,9 +44,8 @@ impl Default for StageSettings {
 
 pub struct StageRunner {
     pub me: NodeId,
-    pub data_dir: PathBuf,
     pub transport: Arc<Transport>,
-    pub hashes: Arc<HashCache>,
+    pub files: Arc<LocalModels>,
     pub facts: mpsc::Sender<LocalFact>,
     pub settings: StageSettings,
 }
@@ -115,6 +113,7 @@ impl StageRunner {
             let job = LoadJob {
                 instance: (*id).clone(),
                 model,
+                state: Arc::new(state.clone()),
                 layers: stage.first_layer as usize..stage.end_layer as usize,
                 next: inst.stages.get(at + 1).map(|s| s.node.to_string()),
                 cancelled: Arc::new(AtomicBool::new(false)),
@@ -167,12 +166,22 @@ impl StageRunner {
     }
 
     fn start_stage(&self, job: &LoadJob) -> Result<(), String> {
-        let path = find_local(&job.model, &self.data_dir, &self.hashes).ok_or_else(|| {
-            format!(
-                "the file of `{}` (sha256 {}) is not on this node",
-                job.model.name, job.model.sha256
-            )
-        })?;
+        // Loading progress is the fetch's, when the file comes from peers.
+        let last = Mutex::new(std::time::Instant::now());
+        let on_progress = |p: hearth_transfer::Progress| {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            if p.total > 0 && last.elapsed() >= Duration::from_millis(500) {
+                *last = std::time::Instant::now();
+                let progress = (p.done as f64 / p.total as f64).clamp(0.0, 0.99);
+                self.report(&job.instance, StageStatus::Loading { progress });
+            }
+        };
+        let path = self.files.obtain(
+            &job.model,
+            Some(job.layers.clone()),
+            &job.state,
+            &on_progress,
+        )?;
         let file = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let s = &self.settings;
         let shard = Shard::load(
@@ -207,6 +216,8 @@ impl StageRunner {
 struct LoadJob {
     instance: String,
     model: WantedModel,
+    /// The state when the stage was placed: who may have the file.
+    state: Arc<ClusterState>,
     layers: std::ops::Range<usize>,
     next: Option<String>,
     cancelled: Arc<AtomicBool>,

@@ -243,6 +243,73 @@ fn a_model_split_over_three_nodes_answers_token_for_token_like_one_node() {
     }
 }
 
+/// The store file a node fetched into, if any: `<data dir>/models/<sha256>.gguf[.part]`.
+fn fetched_file(node: &Node) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(node.data_dir.join("models"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let n = p.to_string_lossy();
+            n.ends_with(".gguf") || n.ends_with(".gguf.part")
+        })
+}
+
+#[test]
+fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
+    use std::os::unix::fs::MetadataExt;
+    let home = measured_home();
+    let dir = TempDir::new("serve-fetch");
+    let mut nodes = start(&dir, &home, 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_ready(&refs, "a 3-stage instance", |s| s.len() == 3);
+    // Nodes 2 and 3 had no copy: each fetched what its stage reads from node 1, into a sparse
+    // file holding less than the whole model.
+    let whole = std::fs::metadata(model_path(MODEL)).unwrap().len();
+    for n in &nodes[1..] {
+        let part = fetched_file(n).unwrap_or_else(|| panic!("{} fetched nothing", n.name));
+        let meta = std::fs::metadata(&part).unwrap();
+        assert_eq!(meta.len(), whole, "sized like the model");
+        assert!(
+            meta.blocks() * 512 < whole,
+            "{} holds {} of {whole} bytes: more than its layers",
+            n.name,
+            meta.blocks() * 512
+        );
+        assert!(n.log().contains("model file fetched from peers"), "{}", n.log());
+    }
+
+    // Corrupt node 2's copy while it is down (the header's chunk: every fetch re-checks it).
+    let mut second = nodes.remove(1);
+    second.kill();
+    let part = fetched_file(&second).unwrap();
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&part, &bytes).unwrap();
+    let seed = nodes[0].listen_addr("/tcp/");
+    let restarted = Node::start(
+        "node-2",
+        &second.data_dir,
+        &home.0,
+        &node_args(&["--peer", &seed, "--memory-limit", LIMIT]),
+    );
+    nodes.insert(1, restarted);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_ready(&refs, "the instance re-placed with node 2 back", |s| {
+        s.len() == 3 && s.iter().any(|st| st.0 == nodes[1].id)
+    });
+    let log = nodes[1].log();
+    assert!(
+        log.contains("a chunk failed verification; fetching it again"),
+        "node 2 never noticed its corrupted chunk:\n{log}"
+    );
+    // And the cluster still answers exactly.
+    let (messages, n) = reference_chats().remove(1);
+    let local = run_locally(&messages, n);
+    let (status, v) = post(&nodes[2].api, "/v1/chat/completions", &chat(&messages, n, false));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], local["text"]);
+}
+
 #[test]
 fn a_killed_stage_node_is_replaced_and_the_answer_resumes_or_ends_clearly() {
     let home = measured_home();
