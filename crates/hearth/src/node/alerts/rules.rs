@@ -693,8 +693,10 @@ mod tests {
                 device: "cpu-a".into(),
                 first_layer: 0,
                 end_layer: 30,
+                status: Default::default(),
             }],
             status,
+            predicted_tokens_per_s: 0.0,
         }
     }
 

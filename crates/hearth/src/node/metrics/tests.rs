@@ -193,15 +193,18 @@ fn view() -> View {
                     device: "cpu-a".into(),
                     first_layer: 0,
                     end_layer: 20,
+                    status: Default::default(),
                 },
                 Stage {
                     node: "b".into(),
                     device: "declared-phone".into(),
                     first_layer: 20,
                     end_layer: 30,
+                    status: Default::default(),
                 },
             ],
             status: InstanceStatus::Loading { progress: 0.5 },
+            predicted_tokens_per_s: 0.0,
         },
     );
     let alerts = Alerts::default();
