@@ -111,6 +111,9 @@ impl Driver {
             {
                 last_reconcile = now;
                 for event in self.serving.reconciler.decide(self.member.state(), now) {
+                    if let Some((kind, fields)) = placement_audit(&event) {
+                        self.audit.record(kind, fields);
+                    }
                     let outputs = self.member.handle(Input::Propose(event), now);
                     changed |= self.dispatch(outputs);
                 }
@@ -313,6 +316,43 @@ impl Driver {
             .log()
             .map(|e| (e.event.seq, e.event.epoch, e.event.event.kind()))
             .collect();
+    }
+}
+
+/// The audit log's line for a placement decision of the coordinator.
+fn placement_audit(event: &Event) -> Option<(&'static str, serde_json::Value)> {
+    use hearth_cluster::InstanceStatus;
+    use serde_json::json;
+    match event {
+        Event::InstancePlaced {
+            id,
+            model,
+            stages,
+            predicted_tokens_per_s,
+        } => Some((
+            "placement.placed",
+            json!({
+                "instance": id,
+                "model": model,
+                "predicted_tokens_per_s": predicted_tokens_per_s,
+                "stages": stages.iter().map(|s| json!({
+                    "node": s.node.as_str(),
+                    "device": s.device,
+                    "first_layer": s.first_layer,
+                    "end_layer": s.end_layer,
+                })).collect::<Vec<_>>(),
+            }),
+        )),
+        Event::InstanceStatus { id, status } => {
+            let kind = match status {
+                InstanceStatus::Ready => "placement.ready",
+                InstanceStatus::Draining => "placement.draining",
+                _ => return None,
+            };
+            Some((kind, json!({"instance": id})))
+        }
+        Event::InstanceRemoved { id } => Some(("placement.removed", json!({"instance": id}))),
+        _ => None,
     }
 }
 

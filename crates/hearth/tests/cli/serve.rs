@@ -1,7 +1,7 @@
 //! `hearth up --model`: the OpenAI-compatible API of a model run on the node, over real HTTP.
 
 use super::*;
-use crate::cluster::harness::{get, measured_home, wait_for_model, Node, TempDir};
+use crate::cluster::harness::{admin_token, get, measured_home, wait_for_model, Node, TempDir};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
@@ -33,7 +33,10 @@ pub(crate) fn serve(tag: &str, extra: &[&str]) -> Served {
         args.extend(["--model", model_arg.as_str(), "--threads", "2"]);
     }
     args.extend(extra.iter().filter(|a| **a != "--no-model"));
-    let node = Node::start(tag, &dir.0.join("node"), &home.0, &args);
+    let mut node = Node::start(tag, &dir.0.join("node"), &home.0, &args);
+    if extra.contains(&"--require-token") {
+        node.token = Some(admin_token(&node.data_dir));
+    }
     if !extra.contains(&"--no-model") {
         // The coordinator (this node) places the model once its device is known; the API
         // serves it once the stage reports ready.

@@ -290,7 +290,7 @@ pub fn measured_home() -> TempDir {
 pub fn wait_for_model(node: &Node, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let listed = get(&node.api, "/v1/models")
+        let listed = get_with(&node.api, "/v1/models", node.token.as_deref())
             .and_then(|m| m["data"].as_array().map(|d| d.len()))
             .unwrap_or(0);
         if listed > 0 {

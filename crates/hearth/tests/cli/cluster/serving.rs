@@ -275,7 +275,11 @@ fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
             n.name,
             meta.blocks() * 512
         );
-        assert!(n.log().contains("model file fetched from peers"), "{}", n.log());
+        assert!(
+            n.log().contains("model file fetched from peers"),
+            "{}",
+            n.log()
+        );
     }
 
     // Corrupt node 2's copy while it is down (the header's chunk: every fetch re-checks it).
@@ -305,7 +309,11 @@ fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
     // And the cluster still answers exactly.
     let (messages, n) = reference_chats().remove(1);
     let local = run_locally(&messages, n);
-    let (status, v) = post(&nodes[2].api, "/v1/chat/completions", &chat(&messages, n, false));
+    let (status, v) = post(
+        &nodes[2].api,
+        "/v1/chat/completions",
+        &chat(&messages, n, false),
+    );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], local["text"]);
 }
@@ -466,4 +474,35 @@ fn a_faster_node_joining_takes_over_make_before_break_without_failing_a_request(
     }
     assert_eq!(stages[0].1, 0);
     eprintln!("{} requests across the switch, all answered", results.len());
+}
+
+#[test]
+fn the_openai_python_client_chats_with_a_model_split_over_three_nodes() {
+    let home = measured_home();
+    let dir = TempDir::new("serve-openai");
+    let nodes = start(&dir, &home, 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_ready(&refs, "a 3-stage instance", |s| s.len() == 3);
+    // Through the third node, which did not ask for the model and runs only its last layers.
+    let node = &nodes[2];
+    let out = crate::hearth(&[
+        "token",
+        "create",
+        "--scope",
+        "user",
+        "--data-dir",
+        node.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let ran = crate::openai_client::run_openai_client(&format!("http://{}/v1", node.api), &token);
+    if ran {
+        for n in &nodes {
+            assert!(!n.log().contains("panicked"), "{}", n.log());
+        }
+    }
 }
