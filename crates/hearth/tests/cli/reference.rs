@@ -202,8 +202,11 @@ fn peak_memory_stays_within_the_file_plus_kv_cache() {
     let rss = out["peak_rss_bytes"]
         .as_f64()
         .expect("run --json reports peak RSS");
+    // Beyond the mapped weights and the KV cache: the binary, the tokenizer's tables, the
+    // forward pass's scratch and the allocator's slack, a fixed amount whatever the model.
+    let overhead = 32.0 * 1024.0 * 1024.0;
     assert!(
-        rss <= 1.3 * file_size + kv,
-        "peak RSS {rss} exceeds 1.3 x {file_size} + {kv}"
+        rss <= file_size + kv + overhead,
+        "peak RSS {rss} exceeds {file_size} + {kv} + {overhead}"
     );
 }

@@ -326,6 +326,14 @@ impl Reconciler {
                 return;
             }
         }
+        for (id, inst) in &pending {
+            if let Some(status) = loading_status(inst) {
+                out.push(Event::InstanceStatus {
+                    id: id.to_string(),
+                    status,
+                });
+            }
+        }
         if !pending.is_empty() {
             return;
         }
@@ -403,6 +411,33 @@ impl Reconciler {
     /// Why each model that could not be placed was not, as of its last attempt.
     pub fn placement_errors(&self) -> &HashMap<String, String> {
         &self.last_error
+    }
+}
+
+/// The instance's `loading` status when its stages' progress moved on enough to say so (each
+/// report is an event every node applies, so small steps are not worth one).
+fn loading_status(inst: &Instance) -> Option<InstanceStatus> {
+    let started = inst
+        .stages
+        .iter()
+        .any(|s| !matches!(s.status, StageStatus::Pending));
+    if !started {
+        return None;
+    }
+    let progress = inst
+        .stages
+        .iter()
+        .map(|s| match s.status {
+            StageStatus::Ready => 1.0,
+            StageStatus::Loading { progress } => progress.clamp(0.0, 1.0),
+            _ => 0.0,
+        })
+        .sum::<f64>()
+        / inst.stages.len().max(1) as f64;
+    let progress = (progress * 10.0).floor() / 10.0;
+    match inst.status {
+        InstanceStatus::Loading { progress: shown } if (progress - shown).abs() < 0.1 => None,
+        _ => Some(InstanceStatus::Loading { progress }),
     }
 }
 
@@ -526,8 +561,17 @@ mod tests {
         let placed = r.decide(&s, 0);
         assert!(matches!(&placed[..], [Event::InstancePlaced { stages, .. }] if stages.len() == 1));
         apply(&mut s, &placed);
-        // Loading: nothing to do.
-        assert!(r.decide(&s, 100).is_empty());
+        // Placed, no stage heard from yet: nothing to do.
+        assert!(r.decide(&s, 50).is_empty());
+        all_stages(&mut s, StageStatus::Loading { progress: 0.5 });
+        let loading = r.decide(&s, 100);
+        assert!(matches!(
+            &loading[..],
+            [Event::InstanceStatus { status: InstanceStatus::Loading { progress }, .. }] if *progress == 0.5
+        ));
+        apply(&mut s, &loading);
+        // No news is not worth an event.
+        assert!(r.decide(&s, 150).is_empty());
         all_stages(&mut s, StageStatus::Ready);
         let ready = r.decide(&s, 200);
         assert!(matches!(
