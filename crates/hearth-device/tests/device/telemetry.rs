@@ -318,12 +318,16 @@ fn dropping_the_sampler_stops_its_thread_promptly() {
     assert!(task.exists());
     let t0 = Instant::now();
     drop(sampler);
+    // Well inside the 60 s period: the thread was woken, not left to sleep it out. The kernel
+    // may list a task for a moment after it exited.
+    while task.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
+        !task.exists(),
+        "the sampler thread still runs {:?} after the drop",
         t0.elapsed()
     );
-    assert!(!task.exists(), "the sampler thread has exited");
 }
 
 #[test]

@@ -80,12 +80,15 @@ impl LocalModels {
             if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(model.size_bytes) {
                 continue;
             }
-            match self.offer(&path) {
-                Ok(m) if m.sha256() == sha => return Some(path),
+            match self.hashes.manifest(&path) {
+                Ok(m) if m.sha256() == sha => {
+                    if let Err(e) = self.store.insert(&path, m) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot serve a local copy of the model");
+                    }
+                    return Some(path);
+                }
                 Ok(_) => {
-                    self.store
-                        .remove(&self.hashes.manifest(&path).ok()?.sha256());
-                    tracing::warn!(path = %path.display(), "a local copy of the model differs from the cluster's; not used");
+                    tracing::warn!(path = %path.display(), "a local copy of the model differs from the cluster's; not used")
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read a local copy of the model")
