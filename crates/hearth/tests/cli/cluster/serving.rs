@@ -275,7 +275,11 @@ fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
             n.name,
             meta.blocks() * 512
         );
-        assert!(n.log().contains("model file fetched from peers"), "{}", n.log());
+        assert!(
+            n.log().contains("model file fetched from peers"),
+            "{}",
+            n.log()
+        );
     }
 
     // Corrupt node 2's copy while it is down (the header's chunk: every fetch re-checks it).
@@ -305,7 +309,11 @@ fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
     // And the cluster still answers exactly.
     let (messages, n) = reference_chats().remove(1);
     let local = run_locally(&messages, n);
-    let (status, v) = post(&nodes[2].api, "/v1/chat/completions", &chat(&messages, n, false));
+    let (status, v) = post(
+        &nodes[2].api,
+        "/v1/chat/completions",
+        &chat(&messages, n, false),
+    );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], local["text"]);
 }
