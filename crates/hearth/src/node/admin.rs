@@ -1,17 +1,19 @@
 //! Admin endpoints for models: `GET /api/instances` (what the cluster is asked to serve and
 //! where it runs), `POST /api/instances` (serve a model: a catalog name or a path on this
-//! node's machine), `DELETE /api/instances/{model}` (stop serving it).
+//! node's machine), `DELETE /api/instances/{model}` (stop serving it), `POST /api/plan` (where
+//! a model would be placed, without loading it).
 
 use super::driver::LocalFact;
 use super::instances::files::LocalModels;
 use super::instances::models::{self, Placement};
+use super::instances::plan::{propose, Proposal, ServePolicy};
 use super::view::SharedView;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use hearth_cluster::{Event, NodeId};
+use hearth_cluster::{Event, NodeId, WantedModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/api/instances", get(list).post(load))
         .route("/api/instances/{model}", delete(unload))
+        .route("/api/plan", post(plan))
         .with_state(admin)
 }
 
@@ -117,41 +120,63 @@ struct LoadRequest {
     context: Option<usize>,
 }
 
-async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
-    let req: LoadRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid request body: {e}"),
-            )
-        }
-    };
+/// A request to serve (or preview) a model, checked.
+struct Asked {
+    model: String,
+    placement: Placement,
+    context: Option<usize>,
+}
+
+/// The request, or why it is a bad one (a 400).
+fn parse_request(body: &[u8]) -> Result<Asked, String> {
+    let req: LoadRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
     let placement = match req.placement.as_deref() {
         None | Some("planner") => Placement::Planner,
         Some("proportional") => Placement::Proportional,
         Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown placement `{other}` (planner or proportional)"),
-            )
+            return Err(format!(
+                "unknown placement `{other}` (planner or proportional)"
+            ))
         }
     };
     if req.context == Some(0) {
-        return error(StatusCode::BAD_REQUEST, "context must be at least 1");
+        return Err("context must be at least 1".into());
     }
+    Ok(Asked {
+        model: req.model,
+        placement,
+        context: req.context,
+    })
+}
+
+/// What the cluster is asked to serve for `asked`: the model resolved on this node (a catalog
+/// name, pulled if needed, or a path here), hashed and profiled. Blocking.
+fn describe(admin: &Admin, asked: Asked) -> anyhow::Result<WantedModel> {
+    let path = crate::cli::model::resolve_or_pull(&asked.model)?;
+    let context = match asked.context {
+        Some(c) => c,
+        None => crate::cli::load::training_context(&path)?.min(4096),
+    };
+    models::wanted(
+        &asked.model,
+        &path,
+        &admin.files,
+        &admin.me,
+        asked.placement,
+        context,
+    )
+}
+
+async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let asked = match parse_request(&body) {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let a = admin.clone();
     // Resolving may download a catalog model and hashing reads the whole file: off the
     // async workers.
-    let described = tokio::task::spawn_blocking(move || {
-        let path = crate::cli::model::resolve_or_pull(&req.model)?;
-        let context = match req.context {
-            Some(c) => c,
-            None => crate::cli::load::training_context(&path)?.min(4096),
-        };
-        models::wanted(&req.model, &path, &a.files, &a.me, placement, context)
-    })
-    .await;
+    let described = tokio::task::spawn_blocking(move || describe(&a, asked)).await;
     let wanted = match described {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
@@ -176,6 +201,79 @@ async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// `POST /api/plan` (same body as `POST /api/instances`): the stages the coordinator would
+/// place the model on now and its predicted speed, without loading anything. It runs the
+/// coordinator's own planning (`plan::propose`) on this node's copy of the state with the
+/// default serving policy, so KV cache is counted for the default `--parallel`.
+async fn plan(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let asked = match parse_request(&body) {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let a = admin.clone();
+    let described = tokio::task::spawn_blocking(move || describe(&a, asked)).await;
+    let wanted = match described {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "describing the model failed",
+            )
+        }
+    };
+    // The state as it is now: describing may have taken minutes (a pull).
+    let Ok(state) = admin.view.read().map(|v| v.state.clone()) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node state unavailable");
+    };
+    // The planner's search takes a while on a large fleet: off the async workers too.
+    let planned = tokio::task::spawn_blocking(move || {
+        let proposal = propose(&state, &wanted, &ServePolicy::default());
+        (state, wanted, proposal)
+    })
+    .await;
+    let Ok((state, wanted, proposal)) = planned else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "planning failed");
+    };
+    match proposal {
+        Ok(p) => Json(plan_json(&state, &wanted, &p)).into_response(),
+        Err(reason) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "`{}` cannot be placed on the cluster now: {reason}",
+                wanted.name
+            ),
+        ),
+    }
+}
+
+/// `POST /api/plan`'s answer: stages in the shape of `/api/instances`'.
+fn plan_json(state: &hearth_cluster::ClusterState, wanted: &WantedModel, p: &Proposal) -> Value {
+    let stages: Vec<Value> = p
+        .stages
+        .iter()
+        .map(|s| {
+            json!({
+                "node": s.node.as_str(),
+                "node_name": state.members.get(&s.node).map(|m| m.name.as_str()),
+                "device": s.device,
+                "first_layer": s.first_layer,
+                "end_layer": s.end_layer,
+            })
+        })
+        .collect();
+    json!({
+        "model": wanted.name,
+        "sha256": wanted.sha256,
+        "size_bytes": wanted.size_bytes,
+        "placement": wanted.placement,
+        "context": wanted.context,
+        "layers": p.stages.last().map_or(0, |s| s.end_layer),
+        "predicted_tokens_per_s": p.predicted_tokens_per_s,
+        "stages": stages,
+    })
+}
+
 async fn unload(State(admin): State<Admin>, Path(model): Path<String>) -> Response {
     let known = admin
         .view
@@ -195,4 +293,100 @@ async fn unload(State(admin): State<Admin>, Path(model): Path<String>) -> Respon
         return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
     }
     (StatusCode::ACCEPTED, Json(json!({"model": model}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::view::View;
+    use axum::body::{to_bytes, Body};
+    use std::path::PathBuf;
+    use std::sync::RwLock;
+    use tower::ServiceExt;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The admin routes of a node whose network listens on loopback only.
+    async fn routes(dir: &Dir) -> (Router, mpsc::Receiver<LocalFact>) {
+        let mut cfg = hearth_net::NetConfig::new(&dir.0, hearth_net::ClusterKey::generate());
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.mdns = false;
+        let (net, _events) = hearth_net::start(cfg).await.unwrap();
+        let me = NodeId(net.local_id().to_string());
+        let files = Arc::new(LocalModels::new(
+            dir.0.clone(),
+            net,
+            me.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        let (facts, rx) = mpsc::channel(4);
+        let admin = Admin {
+            view: Arc::new(RwLock::new(View::default())),
+            me,
+            facts,
+            files,
+        };
+        (router(admin), rx)
+    }
+
+    async fn post(router: &Router, path: &str, body: &str) -> (StatusCode, Value) {
+        let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_plan_for_a_model_that_is_not_there_is_a_clear_400() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("hearth-admin-plan-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (router, mut facts) = routes(&dir).await;
+        let missing = dir.0.join("missing.gguf");
+        let missing = missing.to_str().unwrap();
+        let cases = [
+            (format!(r#"{{"model": "{missing}"}}"#), missing.to_string()),
+            (
+                r#"{"model": "no-such-model-anywhere"}"#.to_string(),
+                "no-such-model-anywhere".to_string(),
+            ),
+            (
+                r#"{"model": "x", "placement": "random"}"#.to_string(),
+                "unknown placement `random`".to_string(),
+            ),
+            (
+                r#"{"model": "x", "context": 0}"#.to_string(),
+                "context".to_string(),
+            ),
+            (
+                r#"{"model": 3}"#.to_string(),
+                "invalid request body".to_string(),
+            ),
+            (
+                r#"{"model": "x", "layers": 3}"#.to_string(),
+                "unknown field".to_string(),
+            ),
+            ("not json".to_string(), "invalid request body".to_string()),
+        ];
+        for (body, says) in cases {
+            let (status, v) = post(&router, "/api/plan", &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&says), "{body}: {v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+            assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        }
+        // A preview proposes nothing to the cluster.
+        assert!(facts.try_recv().is_err());
+    }
 }

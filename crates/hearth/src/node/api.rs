@@ -1,7 +1,8 @@
-//! The node's HTTP server: cluster and model admin endpoints, alerts, Prometheus metrics and
-//! the OpenAI-compatible API.
+//! The node's HTTP server: cluster and model admin endpoints, alerts, Prometheus metrics, the
+//! OpenAI-compatible API and the dashboard.
 
 use super::admin::{self, Admin};
+use super::dashboard::{self, Dashboard};
 use super::metrics;
 use super::openai::{self, handlers, OpenAi};
 use super::security::auth::{self, Auth};
@@ -17,6 +18,10 @@ use serde_json::json;
 pub fn router(view: SharedView, api: OpenAi, admin: Admin, auth: Auth) -> Router {
     let instruments = api.metrics.clone();
     let registry = instruments.registry(view.clone());
+    let dashboard = Dashboard {
+        view: view.clone(),
+        node_loop: admin.facts.clone(),
+    };
     Router::new()
         .route("/health", get(health))
         .route("/api/cluster", get(cluster))
@@ -24,6 +29,7 @@ pub fn router(view: SharedView, api: OpenAi, admin: Admin, auth: Auth) -> Router
         .route("/api/alerts", get(alerts))
         .with_state(view)
         .merge(admin::router(admin))
+        .merge(dashboard::router(dashboard))
         .merge(openai::router(api))
         .merge(metrics::router(registry))
         // Unknown routes answer in OpenAI's error shape, since OpenAI clients read them.

@@ -6,11 +6,13 @@
 //! [`api`] serves it, with [`openai`], the OpenAI-compatible API; [`instances`] serves models
 //! across the cluster and [`admin`] loads and unloads them; [`metrics`] exposes the node and the
 //! cluster to Prometheus; [`alerts`] judges the state for conditions a person should act on;
-//! [`security`] guards the API (tokens, TLS) and keeps the node's audit log.
+//! [`security`] guards the API (tokens, TLS) and keeps the node's audit log; [`dashboard`]
+//! serves the page that shows all of it in a browser.
 
 pub mod admin;
 pub mod alerts;
 pub mod api;
+pub mod dashboard;
 pub mod driver;
 pub mod facts;
 pub mod instances;

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod cluster;
+mod dashboard;
 mod devices;
 mod observe;
 mod openai_client;

@@ -165,7 +165,19 @@ impl Seen {
     }
 }
 
+/// Requests served to anyone, with or without a token: `GET` and `HEAD` of the dashboard's
+/// page (`/`) and its assets (`/assets/...`). They hold no data, since the page asks the API
+/// for everything with the token the user gives it, and a browser opening a page cannot send a
+/// bearer token. Everything else, `/api/events` included, goes through the checks below.
+pub fn is_public(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/" || path.starts_with("/assets/"))
+}
+
 pub async fn middleware(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    if is_public(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     let seen = Seen {
         method: req.method().clone(),
         path: req.uri().path().to_string(),
@@ -296,4 +308,153 @@ pub async fn middleware(State(auth): State<Auth>, req: Request, next: Next) -> R
 
 fn invalid_token(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", message).code("invalid_api_key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tokens;
+    use super::*;
+    use crate::node::dashboard::{self, Dashboard};
+    use crate::node::view::View;
+    use axum::body::to_bytes;
+    use axum::routing::get;
+    use axum::Router;
+    use std::path::PathBuf;
+    use std::sync::RwLock;
+    use tokio::sync::mpsc;
+    use tower::ServiceExt;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The dashboard's routes and a data endpoint behind the gate of a node that requires
+    /// tokens; an admin and a user token.
+    fn gated(
+        dir: &Dir,
+    ) -> (
+        Router,
+        Audit,
+        String,
+        String,
+        mpsc::Receiver<crate::node::driver::LocalFact>,
+    ) {
+        let (admin, _) = tokens::create(&dir.0, Scope::Admin, "admin", 0).unwrap();
+        let (user, _) = tokens::create(&dir.0, Scope::User, "user", 0).unwrap();
+        let audit = Audit::open(&dir.0).unwrap();
+        let auth = Auth::new(TokenStore::open(&dir.0).unwrap(), audit.clone(), true, 4);
+        let (tx, rx) = mpsc::channel(1);
+        let router = dashboard::router(Dashboard {
+            view: Arc::new(RwLock::new(View::default())),
+            node_loop: tx,
+        })
+        .route("/api/cluster", get(|| async { "cluster data" }))
+        .layer(axum::middleware::from_fn_with_state(auth, middleware));
+        (router, audit, admin, user, rx)
+    }
+
+    async fn call(router: &Router, method: Method, path: &str, token: Option<&str>) -> Response {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn only_the_dashboard_page_and_assets_are_public() {
+        for (method, path) in [
+            (Method::GET, "/"),
+            (Method::HEAD, "/"),
+            (Method::GET, "/assets/app.js"),
+            (Method::GET, "/assets/nope"),
+        ] {
+            assert!(is_public(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/"),
+            (Method::DELETE, "/assets/app.js"),
+            (Method::GET, "/api/events"),
+            (Method::GET, "/api/cluster"),
+            (Method::GET, "/assets"),
+            (Method::GET, "/index.html"),
+            (Method::GET, "/v1/models"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "//assets/app.js"),
+        ] {
+            assert!(!is_public(&method, path), "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_loads_without_a_token_and_its_data_does_not() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("hearth-auth-dash-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (router, audit, admin, user, _node_loop) = gated(&dir);
+
+        let page = call(&router, Method::GET, "/", None).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        let asset = dashboard::asset_url("app.js").unwrap();
+        let js = call(&router, Method::GET, &asset, None).await;
+        assert_eq!(js.status(), StatusCode::OK);
+        assert_eq!(
+            call(&router, Method::HEAD, "/", None).await.status(),
+            StatusCode::OK
+        );
+
+        // The exemption opens no path to data.
+        let sneaky = call(&router, Method::GET, "/assets/../api/cluster", None).await;
+        assert_eq!(sneaky.status(), StatusCode::NOT_FOUND);
+        let body = to_bytes(sneaky.into_body(), 1 << 16).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("cluster data"));
+        let posted = call(&router, Method::POST, "/", None).await;
+        assert_eq!(posted.status(), StatusCode::UNAUTHORIZED);
+
+        // The live picture is data: a token is needed, an admin one.
+        let refused = call(&router, Method::GET, "/api/events", None).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let body = to_bytes(refused.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "missing_api_key", "{v}");
+        let forbidden = call(&router, Method::GET, "/api/events", Some(&user)).await;
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        let bad = call(&router, Method::GET, "/api/events", Some("hth_00")).await;
+        assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+        let events = call(&router, Method::GET, "/api/events", Some(&admin)).await;
+        assert_eq!(events.status(), StatusCode::OK);
+        assert_eq!(events.headers()[header::CONTENT_TYPE], "text/event-stream");
+        drop(events);
+
+        // Refusals are audited as before; page loads are not API calls and are not.
+        audit.flush();
+        let log = std::fs::read_to_string(dir.0.join("audit.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let refusals: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["kind"] == "api.refused" && l["path"] == "/api/events")
+            .collect();
+        assert_eq!(refusals.len(), 3, "{log}");
+        assert!(lines
+            .iter()
+            .any(|l| l["kind"] == "api.admin" && l["path"] == "/api/events"));
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l["path"] == "/" && l["method"] == "GET"),
+            "{log}"
+        );
+    }
 }
