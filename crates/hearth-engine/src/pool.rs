@@ -130,7 +130,14 @@ fn worker_loop(shared: &Shared, index: usize, threads: usize) {
             }
             spins += 1;
             if spins < SPIN_LIMIT && !shared.resting.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
+                // Now and then give the core away: where more threads than cores want to run
+                // (stages of several nodes on one machine), a pure spin would hold a core that
+                // another process's stage needs.
+                if spins.is_multiple_of(1024) {
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             } else {
                 shared.sleeping[index].store(true, Ordering::SeqCst);
                 if shared.epoch.load(Ordering::SeqCst) == seen
