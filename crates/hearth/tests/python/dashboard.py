@@ -175,16 +175,23 @@ def main():
                      lambda: topology_matches(api("/api/cluster")), interval=0.25)
     result["links_measured_of_pairs"] = list(counts)
 
-    # --- devices: every device of every node, with its memory bar
+    # --- devices: every device of every node, with its memory bar. Read in one script call:
+    # the page re-renders on every update, so element handles kept across calls go stale.
+    def devices_shown():
+        cluster = api("/api/cluster")
+        for n in cluster["nodes"]:
+            for d in n["devices"]:
+                sel = f"#devices-list .card[data-node='{n['id']}'] .device[data-device='{d['id']}']"
+                found = js("return [...document.querySelectorAll(arguments[0])].map(e =>"
+                           " [!!e.querySelector('.meter .fill'), e.dataset.declared])", sel)
+                declared = "true" if d["declared"] else "false"
+                if found != [[True, declared]]:
+                    return None
+        return True
+
+    wait("every device shown once, with its memory bar and declared flag", 10, devices_shown,
+         interval=0.25)
     cluster = api("/api/cluster")
-    for n in cluster["nodes"]:
-        for d in n["devices"]:
-            sel = f"#devices-list .card[data-node='{n['id']}'] .device[data-device='{d['id']}']"
-            found = driver.find_elements(By.CSS_SELECTOR, sel)
-            check(len(found) == 1, f"device {d['id']} of {n['name']} shown once")
-            check(found[0].find_elements(By.CSS_SELECTOR, ".meter .fill"), "a memory bar")
-            check(found[0].get_attribute("data-declared") == ("true" if d["declared"] else "false"),
-                  f"declared flag of {d['id']}")
 
     # --- placement: the real layer split
     inst, _ = wait("a ready instance", 10, ready_instance)
@@ -203,10 +210,15 @@ def main():
     check(max(per_layer) / min(per_layer) < 1.05, f"segment widths follow layer counts: {segs}")
     for node, a, b, _, label in segs:
         check(label == f"{names[node]} {a}..{b}", f"segment label {label!r}")
-    status = driver.find_element(By.CSS_SELECTOR, f".instance[data-instance='{inst['id']}'] .status").text
-    check(status == "ready", f"instance status {status!r}")
-    predicted = driver.find_element(By.CSS_SELECTOR, f".instance[data-instance='{inst['id']}'] .predicted").text
-    check(f"{inst['predicted_tokens_per_s']:.1f} tok/s" in predicted, f"predicted {predicted!r}")
+    def text_of(sel):
+        return js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+                  sel)
+
+    wait("the instance shown ready", 5,
+         lambda: text_of(f".instance[data-instance='{inst['id']}'] .status") == "ready")
+    wanted = f"{inst['predicted_tokens_per_s']:.1f} tok/s"
+    wait(f"the prediction {wanted} shown", 5,
+         lambda: wanted in (text_of(f".instance[data-instance='{inst['id']}'] .predicted") or ""))
     result["split"] = [f"{names[n]} {a}..{b}" for n, a, b, _, _ in segs]
 
     # --- model selection: a preview plans without loading
@@ -254,7 +266,7 @@ def main():
     check(len(lengths) >= 3, f"the answer grew as it streamed: lengths {lengths}")
     stats = js("return Object.assign({}, document.getElementById('chat-stats').dataset)")
     check(float(stats.get("ttft", 0)) > 0 and float(stats.get("tps", 0)) > 0, f"chat stats {stats}")
-    measured = driver.find_element(By.CSS_SELECTOR, f".instance[data-instance='{inst['id']}'] .measured").text
+    measured = text_of(f".instance[data-instance='{inst['id']}'] .measured") or ""
     check("tok/s" in measured, f"measured speed in the placement: {measured!r}")
     result["chat"] = {"answer": answer, "lengths_seen": len(lengths), "ttft_ms": float(stats["ttft"]),
                       "tok_s": float(stats["tps"]), "tokens": int(stats.get("tokens", 0))}

@@ -44,6 +44,68 @@ pub struct Node {
     pub token: Option<String>,
     child: Child,
     log: PathBuf,
+    /// Held while the node runs, so a test that measures timing can have the machine alone.
+    _sharing: Option<Sharing>,
+}
+
+/// Nodes of every test share the machine; a test that times links or probes takes it alone
+/// with [`alone`]: it waits until no other test's node runs, and other tests' nodes wait for it
+/// to finish. Nodes waiting to start never hold the machine, so this cannot deadlock (unlike a
+/// writer-preferring lock, which would stop a test halfway through starting its nodes).
+struct Machine {
+    /// Running nodes of other tests, and whether a test has the machine alone.
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+static MACHINE: Machine = Machine {
+    state: std::sync::Mutex::new((0, false)),
+    changed: std::sync::Condvar::new(),
+};
+
+thread_local! {
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+struct Sharing;
+
+fn share() -> Sharing {
+    let mut s = MACHINE.state.lock().unwrap_or_else(|e| e.into_inner());
+    while s.1 {
+        s = MACHINE.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    s.0 += 1;
+    Sharing
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        let mut s = MACHINE.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 -= 1;
+        MACHINE.changed.notify_all();
+    }
+}
+
+/// The machine to this test alone until the guard is dropped (its own nodes start freely).
+pub struct Alone;
+
+pub fn alone() -> Alone {
+    let mut s = MACHINE.state.lock().unwrap_or_else(|e| e.into_inner());
+    while s.1 || s.0 > 0 {
+        s = MACHINE.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    s.1 = true;
+    ALONE.with(|a| a.set(true));
+    Alone
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|a| a.set(false));
+        let mut s = MACHINE.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 = false;
+        MACHINE.changed.notify_all();
+    }
 }
 
 impl Node {
@@ -66,6 +128,11 @@ impl Node {
         shared_home: &Path,
         extra: &[&str],
     ) -> Node {
+        let sharing = if ALONE.with(|a| a.get()) {
+            None
+        } else {
+            Some(share())
+        };
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.join("node.log");
         let stderr = std::fs::File::create(&log).unwrap();
@@ -119,6 +186,7 @@ impl Node {
             token: None,
             child,
             log,
+            _sharing: sharing,
         }
     }
 

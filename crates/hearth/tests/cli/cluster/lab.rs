@@ -140,6 +140,8 @@ fn shaped_links_read_back_delay_bandwidth_and_loss() {
     let Some(lab) = lab_or_skip("shaped_links", "hcs", 3) else {
         return;
     };
+    // Probe timings are the point here: no other test's nodes compete for the cores.
+    let _alone = super::harness::alone();
     let home = super::harness::measured_home();
     let dir = TempDir::new("cluster-lab-links");
     // 1–2: 20 ms each way through a relay on the host (direct paths between them cut);
@@ -180,9 +182,10 @@ fn shaped_links_read_back_delay_bandwidth_and_loss() {
         agree_on(&ids(&all)),
     );
     let pairs = [(&n1, &n2), (&n1, &n3), (&n3, &n2)];
+    // Throughput is probed every 15 s: two rounds and a margin.
     wait_until(
         &all,
-        Duration::from_secs(30),
+        Duration::from_secs(45),
         "every shaped link measured",
         |views| {
             let v = &views[0];
