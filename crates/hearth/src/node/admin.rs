@@ -168,24 +168,27 @@ fn describe(admin: &Admin, asked: Asked) -> anyhow::Result<WantedModel> {
     )
 }
 
-async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
-    let asked = match parse_request(&body) {
-        Ok(a) => a,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+/// The body of `POST /api/instances` or `/api/plan`, described as [`describe`] does, or the
+/// error response.
+async fn described(admin: &Admin, body: &[u8]) -> Result<WantedModel, Response> {
+    let asked = parse_request(body).map_err(|why| error(StatusCode::BAD_REQUEST, why))?;
     let a = admin.clone();
     // Resolving may download a catalog model and hashing reads the whole file: off the
     // async workers.
-    let described = tokio::task::spawn_blocking(move || describe(&a, asked)).await;
-    let wanted = match described {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-        Err(_) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "describing the model failed",
-            )
-        }
+    match tokio::task::spawn_blocking(move || describe(&a, asked)).await {
+        Ok(Ok(w)) => Ok(w),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("{e:#}"))),
+        Err(_) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "describing the model failed",
+        )),
+    }
+}
+
+async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let wanted = match described(&admin, &body).await {
+        Ok(w) => w,
+        Err(response) => return response,
     };
     let body = json!({
         "model": wanted.name,
@@ -206,21 +209,9 @@ async fn load(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
 /// coordinator's own planning (`plan::propose`) on this node's copy of the state with the
 /// default serving policy, so KV cache is counted for the default `--parallel`.
 async fn plan(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
-    let asked = match parse_request(&body) {
-        Ok(a) => a,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let a = admin.clone();
-    let described = tokio::task::spawn_blocking(move || describe(&a, asked)).await;
-    let wanted = match described {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-        Err(_) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "describing the model failed",
-            )
-        }
+    let wanted = match described(&admin, &body).await {
+        Ok(w) => w,
+        Err(response) => return response,
     };
     // The state as it is now: describing may have taken minutes (a pull).
     let Ok(state) = admin.view.read().map(|v| v.state.clone()) else {

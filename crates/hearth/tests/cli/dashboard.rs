@@ -11,7 +11,7 @@
 //! to `target/test-artifacts/dashboard/` in the workspace.
 
 use crate::cluster::harness::{
-    admin_token, measured_home, wait_for_model, wait_until, Node, TempDir, KEY,
+    admin_token, measured_home, post_json, wait_for_model, wait_until, Node, TempDir, KEY,
 };
 use crate::model_path;
 use serde_json::Value;
@@ -26,25 +26,9 @@ const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const LIMIT: &str = "60MiB";
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dashboard.py");
 
-/// A declared device 10 °C past its throttle threshold that cools slowly (as in `observe.rs`).
-/// Its node offers it with `--memory-limit 1MiB`, too little for any layer, so the planner
-/// never places work on it.
-const HOT_PROFILE: &str = r#"
-name = "hot-phone"
-backend = "cpu"
-memory_gib = 64.0
-bandwidth_gbs = 5.0
-tflops = 0.05
-precisions = ["f32", "f16"]
-compute_share = 0.5
-
-[thermal]
-idle_temp_c = 40.0
-heat_rate = 1.0
-cool_rate = 0.001
-threshold_c = 85.0
-start_temp_c = 95.0
-"#;
+// The declared hot device of `observe.rs`, 10 °C past its threshold; its node here offers it
+// with `--memory-limit 1MiB`, too little for any layer, so the planner never places work on it.
+use crate::observe::HOT_PROFILE;
 
 fn node_args(extra: &[&str]) -> Vec<String> {
     [
@@ -102,20 +86,6 @@ fn fetch(url: &str, token: Option<&str>) -> (u16, String, String, Vec<u8>) {
         .read_to_end(&mut body)
         .expect("a body");
     (resp.status().as_u16(), ctype, cache, body)
-}
-
-fn post(api: &str, path: &str, body: &Value) -> (u16, Value) {
-    let mut resp = agent()
-        .post(format!("http://{api}{path}"))
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 /// The first event of `/api/events`: its name and its data.
@@ -221,7 +191,7 @@ fn check_over_http(open: &Node, guarded: &Node, token: &str, names: &[&str]) {
 
     // A preview: where the model would go now, nothing loaded.
     let model = model_path(MODEL).to_string_lossy().into_owned();
-    let (status, plan) = post(
+    let (status, plan) = post_json(
         &open.api,
         "/api/plan",
         &serde_json::json!({"model": model, "context": 512}),
@@ -254,7 +224,7 @@ fn check_over_http(open: &Node, guarded: &Node, token: &str, names: &[&str]) {
     );
 
     // A model that is there but cannot fit says why, in the API's error shape.
-    let (status, unfit) = post(
+    let (status, unfit) = post_json(
         &open.api,
         "/api/plan",
         &serde_json::json!({"model": model, "context": 1_000_000}),
@@ -268,7 +238,7 @@ fn check_over_http(open: &Node, guarded: &Node, token: &str, names: &[&str]) {
     );
     eprintln!("an unfit preview: {unfit}");
 
-    let (status, bad) = post(
+    let (status, bad) = post_json(
         &open.api,
         "/api/plan",
         &serde_json::json!({"model": "/no/such/model.gguf"}),

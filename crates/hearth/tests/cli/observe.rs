@@ -325,7 +325,7 @@ fn prometheus_scrapes_two_nodes_and_counts_every_request() {
 }
 
 /// A declared device that starts 10 °C above its throttle threshold and cools slowly.
-const HOT_PROFILE: &str = r#"
+pub(crate) const HOT_PROFILE: &str = r#"
 name = "hot-phone"
 backend = "cpu"
 memory_gib = 64.0

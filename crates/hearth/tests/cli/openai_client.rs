@@ -60,22 +60,7 @@ pub(crate) fn run_openai_client(base_url: &str, api_key: &str) -> bool {
 fn openai_python_client_works_against_a_node_with_tokens() {
     let served = serve("openai-client", &["--require-token"]);
     let node = &served.node;
-    let out = super::hearth(&[
-        "token",
-        "create",
-        "--scope",
-        "user",
-        "--name",
-        "openai-client",
-        "--data-dir",
-        node.data_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = crate::cluster::harness::token(&node.data_dir, "user", "openai-client");
     if run_openai_client(&format!("http://{}/v1", node.api), &token) {
         assert!(!node.log().contains("panicked"), "{}", node.log());
     }

@@ -253,6 +253,27 @@ pub fn get(api: &str, path: &str) -> Option<Value> {
 }
 
 /// As [`get`], with a bearer token when one is given.
+/// POSTs JSON without a token; the status and the body as JSON (or as a string when it is
+/// not JSON). Generous timeout: a request may wait for a whole generation.
+pub fn post_json(api: &str, path: &str, body: &Value) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let mut resp = agent
+        .post(format!("http://{api}{path}"))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 pub fn get_with(api: &str, path: &str, token: Option<&str>) -> Option<Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(2)))
@@ -377,14 +398,19 @@ pub fn wait_for_model(node: &Node, limit: Duration) {
 /// Creates an admin token in a node's data dir (`hearth token create`), for an API that
 /// listens beyond loopback and so requires one.
 pub fn admin_token(data_dir: &Path) -> String {
+    token(data_dir, "admin", "harness")
+}
+
+/// Creates a token of `scope` (`user` or `admin`) named `name` in a node's data dir.
+pub fn token(data_dir: &Path, scope: &str, name: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args([
             "token",
             "create",
             "--scope",
-            "admin",
+            scope,
             "--name",
-            "harness",
+            name,
             "--data-dir",
         ])
         .arg(data_dir)

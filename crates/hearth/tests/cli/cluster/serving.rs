@@ -1,7 +1,9 @@
 //! One model served by a cluster on loopback: split across nodes by memory limits, answering
 //! exactly as one node does, surviving a killed stage, and moving to a better node that joins.
 
-use super::harness::{measured_home, wait_for_model, wait_until, Node, TempDir, KEY};
+use super::harness::{
+    measured_home, post_json, token, wait_for_model, wait_until, Node, TempDir, KEY,
+};
 use crate::{hearth_json, model_path};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -101,20 +103,6 @@ fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into()
-}
-
-fn post(api: &str, path: &str, body: &Value) -> (u16, Value) {
-    let mut resp = agent()
-        .post(format!("http://{api}{path}"))
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 /// `hearth run` on one node, greedy: the answer the cluster must reproduce.
@@ -232,7 +220,7 @@ fn a_model_split_over_three_nodes_answers_token_for_token_like_one_node() {
         let local_tokens = local["tokens"].as_array().map_or(0, Vec::len) as u64;
         // Ask a different node each time: whichever node takes the request drives it.
         let api = &nodes[i % 3].api;
-        let (status, v) = post(api, "/v1/chat/completions", &chat(&messages, n, false));
+        let (status, v) = post_json(api, "/v1/chat/completions", &chat(&messages, n, false));
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["choices"][0]["message"]["content"], local["text"]);
         assert_eq!(v["usage"]["completion_tokens"], local_tokens);
@@ -309,7 +297,7 @@ fn nodes_without_the_file_fetch_their_layers_and_refetch_a_corrupted_chunk() {
     // And the cluster still answers exactly.
     let (messages, n) = reference_chats().remove(1);
     let local = run_locally(&messages, n);
-    let (status, v) = post(
+    let (status, v) = post_json(
         &nodes[2].api,
         "/v1/chat/completions",
         &chat(&messages, n, false),
@@ -329,7 +317,7 @@ fn a_killed_stage_node_is_replaced_and_the_answer_resumes_or_ends_clearly() {
         serde_json::json!({"role": "user", "content": "Write a short story about a lighthouse keeper."}),
     ];
     let max = 120;
-    let (status, whole) = post(
+    let (status, whole) = post_json(
         &nodes[0].api,
         "/v1/chat/completions",
         &chat(&messages, max, false),
@@ -378,7 +366,7 @@ fn a_killed_stage_node_is_replaced_and_the_answer_resumes_or_ends_clearly() {
     });
     assert_ne!(first_id, second_id);
     assert!(new_stages.iter().all(|s| s.0 != victim_node.id));
-    let (status, again) = post(
+    let (status, again) = post_json(
         &nodes[1].api,
         "/v1/chat/completions",
         &chat(&messages, max, false),
@@ -438,7 +426,7 @@ fn a_faster_node_joining_takes_over_make_before_break_without_failing_a_request(
         let messages = vec![serde_json::json!({"role": "user", "content": "Say hello."})];
         let mut results = Vec::new();
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let (status, v) = post(&api, "/v1/chat/completions", &chat(&messages, 8, false));
+            let (status, v) = post_json(&api, "/v1/chat/completions", &chat(&messages, 8, false));
             results.push((status, v));
         }
         results
@@ -485,20 +473,7 @@ fn the_openai_python_client_chats_with_a_model_split_over_three_nodes() {
     wait_ready(&refs, "a 3-stage instance", |s| s.len() == 3);
     // Through the third node, which did not ask for the model and runs only its last layers.
     let node = &nodes[2];
-    let out = crate::hearth(&[
-        "token",
-        "create",
-        "--scope",
-        "user",
-        "--data-dir",
-        node.data_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = token(&node.data_dir, "user", "openai-client");
     let ran = crate::openai_client::run_openai_client(&format!("http://{}/v1", node.api), &token);
     if ran {
         for n in &nodes {
