@@ -76,14 +76,9 @@ pub fn instances_json(
                 .stages
                 .iter()
                 .map(|s| {
-                    json!({
-                        "node": s.node.as_str(),
-                        "node_name": state.members.get(&s.node).map(|m| m.name.as_str()),
-                        "device": s.device,
-                        "first_layer": s.first_layer,
-                        "end_layer": s.end_layer,
-                        "status": s.status,
-                    })
+                    let mut v = stage_json(state, s);
+                    v["status"] = json!(s.status);
+                    v
                 })
                 .collect();
             json!({
@@ -238,21 +233,20 @@ async fn plan(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
     }
 }
 
+/// Where a stage runs and which layers, with the node's name for people.
+fn stage_json(state: &hearth_cluster::ClusterState, s: &hearth_cluster::Stage) -> Value {
+    json!({
+        "node": s.node.as_str(),
+        "node_name": state.members.get(&s.node).map(|m| m.name.as_str()),
+        "device": s.device,
+        "first_layer": s.first_layer,
+        "end_layer": s.end_layer,
+    })
+}
+
 /// `POST /api/plan`'s answer: stages in the shape of `/api/instances`'.
 fn plan_json(state: &hearth_cluster::ClusterState, wanted: &WantedModel, p: &Proposal) -> Value {
-    let stages: Vec<Value> = p
-        .stages
-        .iter()
-        .map(|s| {
-            json!({
-                "node": s.node.as_str(),
-                "node_name": state.members.get(&s.node).map(|m| m.name.as_str()),
-                "device": s.device,
-                "first_layer": s.first_layer,
-                "end_layer": s.end_layer,
-            })
-        })
-        .collect();
+    let stages: Vec<Value> = p.stages.iter().map(|s| stage_json(state, s)).collect();
     json!({
         "model": wanted.name,
         "sha256": wanted.sha256,

@@ -517,32 +517,13 @@ mod tests {
     /// Applies what the reconciler decided, as the coordinator would.
     fn apply(s: &mut ClusterState, events: &[Event]) {
         for e in events {
-            s.last_seq += 1;
-            match e.clone() {
-                Event::InstancePlaced {
-                    id,
-                    model,
-                    stages,
-                    predicted_tokens_per_s,
-                } => {
-                    s.instances.insert(
-                        id,
-                        Instance {
-                            model,
-                            stages,
-                            status: InstanceStatus::Placing,
-                            predicted_tokens_per_s,
-                        },
-                    );
-                }
-                Event::InstanceStatus { id, status } => {
-                    s.instances.get_mut(&id).unwrap().status = status;
-                }
-                Event::InstanceRemoved { id } => {
-                    s.instances.remove(&id);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
+            let ordered = hearth_cluster::SequencedEvent {
+                epoch: s.epoch,
+                seq: s.last_seq + 1,
+                at_ms: 0,
+                event: e.clone(),
+            };
+            hearth_cluster::apply_in_place(s, &ordered).expect("a decision the state accepts");
         }
     }
 

@@ -134,12 +134,7 @@ impl Generator for PipelineGenerator {
                 "a request moved to a new placement and finished there"
             );
         }
-        Ok(match outcome.ending {
-            hearth_pipeline::Ending::EndOfGeneration => Ending::EndOfGeneration,
-            hearth_pipeline::Ending::MaxTokens => Ending::MaxTokens,
-            hearth_pipeline::Ending::ContextFull => Ending::ContextFull,
-            hearth_pipeline::Ending::Cancelled => Ending::Cancelled,
-        })
+        Ok(outcome.ending)
     }
 }
 

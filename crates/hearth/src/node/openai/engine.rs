@@ -14,18 +14,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Why a generation ended, as the generator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The model produced an end-of-generation token.
-    EndOfGeneration,
-    /// `max_tokens` were generated.
-    MaxTokens,
-    /// The context is full.
-    ContextFull,
-    /// `on_token` asked to stop.
-    Cancelled,
-}
+/// Why a generation ended, as the generator sees it (the pipeline's own reasons).
+pub use hearth_pipeline::Ending;
 
 /// Something that turns a prompt into tokens.
 pub trait Generator: Send + 'static {
