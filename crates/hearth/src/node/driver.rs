@@ -87,8 +87,9 @@ impl Driver {
                 _ = shutdown.changed() => break,
             };
             let now = now_ms();
-            // The view is a copy of the whole state: refresh it when the state changed, and on
-            // each tick for what moves without events (live peers, counters), not per message.
+            // Publish when the state changed (a new shared copy, for the API and the serving
+            // tasks alike) and on each tick for what moves without events (live peers,
+            // counters), not per message.
             let mut changed = matches!(input, Some(Input::Tick));
             if let Some(input) = input {
                 let outputs = self.member.handle(input, now);
@@ -286,16 +287,18 @@ impl Driver {
     fn publish(&mut self, now: u64) {
         let m = &self.member;
         let hash = m.state_hash();
-        if self.serving.published_hash != hash {
+        let fresh = (self.serving.published_hash != hash).then(|| {
             self.serving.published_hash = hash;
-            self.serving
-                .states
-                .send_replace(Arc::new(m.state().clone()));
-        }
+            let state = Arc::new(m.state().clone());
+            self.serving.states.send_replace(Arc::clone(&state));
+            state
+        });
         let Ok(mut v) = self.view.write() else {
             return;
         };
-        v.state = m.state().clone();
+        if let Some(state) = fresh {
+            v.state = state;
+        }
         v.state_hash = m.state_hash();
         v.coordinator = Some(m.coordinator(now));
         v.role = role_name(m.role()).to_string();

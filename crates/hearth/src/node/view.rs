@@ -25,7 +25,8 @@ pub struct View {
     pub node_name: String,
     pub cluster_id: String,
     pub listen: Vec<String>,
-    pub state: ClusterState,
+    /// Shared with the serving tasks' watch: a new `Arc` only when the state changed.
+    pub state: Arc<ClusterState>,
     pub state_hash: u64,
     /// Who this node believes coordinates now (its own election view).
     pub coordinator: Option<NodeId>,

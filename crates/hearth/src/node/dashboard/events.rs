@@ -167,7 +167,7 @@ mod tests {
             node_id: "n1".into(),
             node_name: "desk".into(),
             state_hash: state.state_hash(),
-            state,
+            state: std::sync::Arc::new(state),
             ..View::default()
         }
     }
@@ -242,7 +242,7 @@ mod tests {
         // A new state does.
         {
             let mut v = shared.write().unwrap();
-            v.state.last_seq = 7;
+            std::sync::Arc::make_mut(&mut v.state).last_seq = 7;
             v.state_hash = v.state.state_hash();
         }
         let second = next_data(&mut s, 3 * MIN_INTERVAL)
@@ -290,7 +290,7 @@ mod tests {
                 for seq in 1.. {
                     {
                         let mut v = shared.write().unwrap();
-                        v.state.last_seq = seq;
+                        std::sync::Arc::make_mut(&mut v.state).last_seq = seq;
                         v.state_hash = v.state.state_hash();
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -212,7 +212,7 @@ fn view() -> View {
     View {
         node_id: "a".into(),
         node_name: "alpha".into(),
-        state: s,
+        state: std::sync::Arc::new(s),
         live_peers: vec!["b".into()],
         net: hearth_net::Counters {
             refused_admission: 2,
@@ -471,13 +471,14 @@ fn a_member_that_left_leaves_no_series_behind() {
     {
         let mut v = shared.write().unwrap();
         let b = NodeId::from("b");
-        v.state.members.remove(&b);
-        v.state.telemetry.remove(&b);
-        v.state.links.remove(&b);
-        for row in v.state.links.values_mut() {
+        let state = std::sync::Arc::make_mut(&mut v.state);
+        state.members.remove(&b);
+        state.telemetry.remove(&b);
+        state.links.remove(&b);
+        for row in state.links.values_mut() {
             row.remove(&b);
         }
-        v.state.instances.clear();
+        state.instances.clear();
     }
     let after = Exposition::parse(&encode(&registry).unwrap());
     assert_eq!(of_b(&after), 0);
