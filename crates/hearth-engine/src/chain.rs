@@ -50,10 +50,12 @@ impl ShardChain {
                 n_layers,
             });
         }
-        let pool = options
-            .pool
-            .clone()
-            .unwrap_or_else(|| Arc::new(ThreadPool::new(options.threads)));
+        let pool = options.pool.clone().unwrap_or_else(|| {
+            Arc::new(ThreadPool::for_options(
+                options.threads,
+                options.pin_threads,
+            ))
+        });
         let options = ShardOptions {
             pool: Some(pool),
             ..options

@@ -1,6 +1,11 @@
 //! A persistent worker pool: threads stay alive between parallel regions and spin briefly
 //! before sleeping, so the hundreds of small regions in one decode step cost microseconds,
 //! not thread wake-ups.
+//!
+//! A pool may pin its threads, one per core. A pool whose workers sleep between steps (a
+//! pipeline stage between tokens) is woken by its caller; where another thread holds the other
+//! core at that moment, the scheduler may put the worker on the caller's core, and the two then
+//! take turns on one core through every region of the step. Pinned, they cannot.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,10 +37,35 @@ pub struct ThreadPool {
     workers: Vec<(JoinHandle<()>, Thread)>,
     /// Serializes `run` calls from different threads.
     run_lock: Mutex<()>,
+    /// The core the calling thread is pinned to on its first `run`, when the pool pins.
+    caller_core: Option<usize>,
 }
 
 impl ThreadPool {
     pub fn new(threads: usize) -> ThreadPool {
+        ThreadPool::start(threads, None)
+    }
+
+    /// A pool whose thread `i` (the caller is thread 0) is pinned to the `i`-th core this
+    /// process may use. Where pinning is not supported, or there are more threads than cores,
+    /// nothing is pinned.
+    pub fn pinned(threads: usize) -> ThreadPool {
+        let cores = affinity::allowed_cores();
+        let threads = threads.max(1);
+        let plan = (threads <= cores.len()).then_some(cores);
+        ThreadPool::start(threads, plan)
+    }
+
+    /// [`ThreadPool::pinned`] or [`ThreadPool::new`].
+    pub fn for_options(threads: usize, pin: bool) -> ThreadPool {
+        if pin {
+            ThreadPool::pinned(threads)
+        } else {
+            ThreadPool::new(threads)
+        }
+    }
+
+    fn start(threads: usize, cores: Option<Vec<usize>>) -> ThreadPool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
@@ -49,9 +79,15 @@ impl ThreadPool {
         let workers = (1..threads)
             .map(|index| {
                 let shared = Arc::clone(&shared);
+                let core = cores.as_ref().map(|c| c[index]);
                 let handle = thread::Builder::new()
                     .name(format!("hearth-worker-{index}"))
-                    .spawn(move || worker_loop(&shared, index, threads))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            affinity::pin_current(core);
+                        }
+                        worker_loop(&shared, index, threads)
+                    })
                     .expect("the OS refused to start a worker thread");
                 let thread = handle.thread().clone();
                 (handle, thread)
@@ -61,6 +97,7 @@ impl ThreadPool {
             shared,
             workers,
             run_lock: Mutex::new(()),
+            caller_core: cores.map(|c| c[0]),
         }
     }
 
@@ -84,6 +121,9 @@ impl ThreadPool {
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(core) = self.caller_core {
+            affinity::pin_caller_once(core);
+        }
         self.shared.resting.store(false, Ordering::SeqCst);
         // SAFETY: the reference is only used by workers until `pending` drops to zero, which
         // this function waits for before returning, so it never outlives the borrow.
@@ -102,7 +142,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
+            if spins.is_multiple_of(64) {
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -133,7 +173,7 @@ fn worker_loop(shared: &Shared, index: usize, threads: usize) {
                 // Now and then give the core away: where more threads than cores want to run
                 // (stages of several nodes on one machine), a pure spin would hold a core that
                 // another process's stage needs.
-                if spins.is_multiple_of(1024) {
+                if spins.is_multiple_of(64) {
                     thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -193,6 +233,57 @@ impl ChunkCounter {
         let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
         (start < self.total).then(|| start..(start + self.chunk).min(self.total))
     }
+}
+
+/// Thread placement. Linux only; elsewhere every call does nothing.
+mod affinity {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PINNED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Pins the calling thread the first time it asks; a thread that calls into several
+    /// pinned pools stays where the first one put it.
+    pub fn pin_caller_once(core: usize) {
+        PINNED.with(|p| {
+            if !p.replace(true) {
+                pin_current(core);
+            }
+        });
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn allowed_cores() -> Vec<usize> {
+        // SAFETY: `cpu_set_t` is plain data; the size passed is the set's own.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn pin_current(core: usize) {
+        // SAFETY: as above; a failed call leaves the thread where it was.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn allowed_cores() -> Vec<usize> {
+        Vec::new()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn pin_current(_core: usize) {}
 }
 
 #[cfg(test)]
@@ -272,5 +363,33 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_pool_runs_each_thread_on_its_own_core() {
+        let cores = affinity::allowed_cores();
+        if cores.len() < 2 {
+            // One core: `pinned` pins nothing, which the next assertion checks instead.
+            assert!(ThreadPool::pinned(2).caller_core.is_none());
+            return;
+        }
+        // Run from a thread of its own: pinning the test harness's thread would outlive the test.
+        std::thread::spawn(move || {
+            let pool = ThreadPool::pinned(2);
+            let seen: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(usize::MAX)).collect();
+            for _ in 0..3 {
+                pool.run(&|i, _| {
+                    // SAFETY: no arguments; returns the core this thread runs on.
+                    let cpu = unsafe { libc::sched_getcpu() };
+                    seen[i].store(cpu as usize, Ordering::SeqCst);
+                });
+            }
+            assert_eq!(seen[0].load(Ordering::SeqCst), cores[0]);
+            assert_eq!(seen[1].load(Ordering::SeqCst), cores[1]);
+            assert!(ThreadPool::pinned(cores.len() + 1).caller_core.is_none());
+        })
+        .join()
+        .unwrap();
     }
 }

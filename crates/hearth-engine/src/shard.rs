@@ -34,6 +34,8 @@ pub struct ShardOptions {
     pub threads: usize,
     /// A pool to share with other shards in the same process.
     pub pool: Option<Arc<ThreadPool>>,
+    /// Pin the threads of a pool made here, one per core ([`ThreadPool::pinned`]).
+    pub pin_threads: bool,
     /// Instruction set; `None` picks the best this CPU has.
     pub isa: Option<Isa>,
     /// Share of full speed to run at, `0 < s ≤ 1`: after each forward pass that took `t` the
@@ -50,6 +52,7 @@ impl Default for ShardOptions {
             memory_limit: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pool: None,
+            pin_threads: false,
             isa: None,
             compute_share: 1.0,
         }
@@ -257,7 +260,7 @@ impl Shard {
         let pool = options
             .pool
             .clone()
-            .unwrap_or_else(|| Arc::new(ThreadPool::new(threads)));
+            .unwrap_or_else(|| Arc::new(ThreadPool::for_options(threads, options.pin_threads)));
         let mut rope = ops::RopeTable::new(
             config.rope_dims,
             config.rope_freq_base,
@@ -398,10 +401,19 @@ impl Shard {
         rows: LogitRows,
     ) -> Result<ShardOutput<'_>, EngineError> {
         let share = self.options.compute_share;
+        let pool = Arc::clone(&self.pool);
         let start = Instant::now();
         let out = self.forward_at_full_speed(id, input, rows);
         if share < 1.0 {
-            std::thread::sleep(start.elapsed().mul_f64((1.0 - share) / share));
+            // The rest of the cycle is held, not slept: a core left idle goes cold (on a
+            // virtual machine the host takes it back), and the next pass would pay for that,
+            // which a slower device does not. Workers park, and the holding thread yields, so
+            // other processes' threads on these cores still run at once.
+            pool.rest();
+            let until = Instant::now() + start.elapsed().mul_f64((1.0 - share) / share);
+            while Instant::now() < until {
+                std::thread::yield_now();
+            }
         }
         out
     }

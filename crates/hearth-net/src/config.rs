@@ -16,6 +16,9 @@ pub struct NetConfig {
     /// Peers dialled with retry and backoff, whether or not mDNS finds them.
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Take and open lanes: direct sealed TCP connections for latency-bound frames
+    /// ([`crate::LaneSender`]). Off, everything goes over the libp2p connection.
+    pub lanes: bool,
     pub cluster_key: ClusterKey,
     /// Human name shown to other members; truncated to [`MAX_NAME_LEN`] bytes.
     pub node_name: String,
@@ -37,6 +40,7 @@ impl NetConfig {
             ],
             peers: Vec::new(),
             mdns: true,
+            lanes: true,
             cluster_key,
             node_name: "hearth".into(),
             limits: Limits::default(),

@@ -20,6 +20,9 @@ pub struct Counters {
     pub direct_out: u64,
     pub dial_attempts: u64,
     pub admitted: u64,
+    /// Lane connections that presented no valid ticket.
+    pub refused_lanes: u64,
+    pub lanes_accepted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +38,8 @@ pub(crate) struct AtomicCounters {
     pub direct_out: AtomicU64,
     pub dial_attempts: AtomicU64,
     pub admitted: AtomicU64,
+    pub refused_lanes: AtomicU64,
+    pub lanes_accepted: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -55,6 +60,8 @@ impl AtomicCounters {
             direct_out: self.direct_out.load(Relaxed),
             dial_attempts: self.dial_attempts.load(Relaxed),
             admitted: self.admitted.load(Relaxed),
+            refused_lanes: self.refused_lanes.load(Relaxed),
+            lanes_accepted: self.lanes_accepted.load(Relaxed),
         }
     }
 }

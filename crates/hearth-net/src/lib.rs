@@ -10,6 +10,7 @@ mod counters;
 mod error;
 pub mod frame;
 mod key;
+mod lane;
 mod node;
 pub mod probe;
 mod stream;
@@ -24,6 +25,7 @@ pub use config::{Limits, LinkProbeConfig, NetConfig, MAX_NAME_LEN};
 pub use counters::Counters;
 pub use error::{FrameError, NetError};
 pub use key::{load_or_create_identity, ClusterKey};
+pub use lane::{LaneReceiver, LaneSender};
 pub use node::start;
 pub use stream::{DataStream, DATA_PROTOCOL};
 
@@ -53,6 +55,11 @@ pub enum NetEvent {
     },
     /// An admitted peer opened a data stream to us.
     Stream { peer: PeerId, stream: DataStream },
+    /// An admitted peer opened a lane to us ([`NetHandle::open_lane`]).
+    Lane {
+        peer: PeerId,
+        lane: Box<LaneReceiver>,
+    },
     /// A peer was disconnected for failing admission (wrong key, timeout, other cluster).
     Refused {
         peer: PeerId,
@@ -103,6 +110,11 @@ impl NetHandle {
     /// UDP port of the loss-probe echo (members send it authenticated datagrams).
     pub fn probe_port(&self) -> Option<u16> {
         self.shared.probe_port
+    }
+
+    /// TCP port lanes are taken on; `None` when lanes are off.
+    pub fn lane_port(&self) -> Option<u16> {
+        self.shared.lanes.port()
     }
 
     /// Currently admitted peers and their names.
@@ -188,6 +200,40 @@ impl NetHandle {
                 reason: e.to_string(),
             })?;
         Ok(DataStream::new(to, s, self.shared.limits.max_frame_bytes))
+    }
+
+    /// Opens a lane to an admitted peer: a direct, sealed TCP connection for frames whose
+    /// latency matters more than their size. The peer receives it as [`NetEvent::Lane`]. Fails
+    /// when the peer takes no lanes or cannot be reached directly; callers fall back to
+    /// [`NetHandle::open_stream`].
+    pub async fn open_lane(&self, to: PeerId) -> Result<LaneSender, NetError> {
+        if !self.shared.lanes.enabled() {
+            return Err(NetError::Stream {
+                peer: to,
+                reason: "lanes are off on this node".into(),
+            });
+        }
+        let ip = self
+            .shared
+            .admitted
+            .read()
+            .ok()
+            .and_then(|a| a.get(&to).map(|e| e.ip))
+            .ok_or(NetError::NotAdmitted(to))?
+            .ok_or_else(|| NetError::Stream {
+                peer: to,
+                reason: "no IP address is known for the peer".into(),
+            })?;
+        let s = self
+            .control
+            .clone()
+            .open_stream(to, lane::LANE_PROTOCOL)
+            .await
+            .map_err(|e| NetError::Stream {
+                peer: to,
+                reason: e.to_string(),
+            })?;
+        lane::open(to, ip, s, self.shared.limits.max_frame_bytes).await
     }
 
     /// Stops the node: closes every connection and ends its tasks.

@@ -25,6 +25,7 @@ use crate::counters::{bump, AtomicCounters};
 use crate::error::{FrameError, NetError};
 use crate::frame::read_frame;
 use crate::key::{hex, load_or_create_identity};
+use crate::lane::{self, LaneDesk, LANE_PROTOCOL};
 use crate::probe::{self, RttWindow, UdpProbe, PROBE_PROTOCOL};
 use crate::stream::{DataStream, DATA_PROTOCOL};
 use crate::{NetEvent, NetHandle};
@@ -61,6 +62,8 @@ enum Internal {
 pub(crate) struct PeerEntry {
     pub name: String,
     pub instance: u64,
+    /// Where its connections come from: the host lanes to it are opened to.
+    pub ip: Option<IpAddr>,
 }
 
 /// State readable from the handle and from stream tasks without going through the loop.
@@ -73,6 +76,7 @@ pub(crate) struct Shared {
     pub listen: RwLock<Vec<Multiaddr>>,
     pub rtt: Mutex<HashMap<PeerId, RttWindow>>,
     pub probe_port: Option<u16>,
+    pub lanes: LaneDesk,
     events: mpsc::Sender<NetEvent>,
 }
 
@@ -207,6 +211,23 @@ pub async fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent
         None
     };
 
+    let lane_listener = if cfg.lanes {
+        let ip = lane::listen_ip(&cfg.listen);
+        let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .map_err(|e| NetError::Listen {
+                addr: format!("tcp {ip}:0 (lanes)"),
+                reason: e.to_string(),
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let lane_port = lane_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+
     let (events_tx, events_rx) = mpsc::channel(limits.event_queue.max(1));
     let shared = Arc::new(Shared {
         local,
@@ -217,6 +238,7 @@ pub async fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent
         listen: RwLock::new(Vec::new()),
         rtt: Mutex::new(HashMap::new()),
         probe_port: udp.as_ref().map(|u| u.port()),
+        lanes: LaneDesk::new(lane_port),
         events: events_tx,
     });
 
@@ -257,6 +279,13 @@ pub async fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent
         accept(&mut control, PROBE_PROTOCOL)?,
         shared.clone(),
     )));
+    tasks.push(tokio::spawn(lane::serve_offers(
+        accept(&mut control, LANE_PROTOCOL)?,
+        shared.clone(),
+    )));
+    if let Some(l) = lane_listener {
+        tasks.push(tokio::spawn(lane::accept_connections(l, shared.clone())));
+    }
     if let Some(u) = &udp {
         let s = shared.clone();
         tasks.push(tokio::spawn(
@@ -377,7 +406,7 @@ fn without_p2p(a: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
-fn ip_of(a: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn ip_of(a: &Multiaddr) -> Option<IpAddr> {
     a.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -714,6 +743,7 @@ impl Node {
                 crate::node::PeerEntry {
                     name: info.name.clone(),
                     instance: info.instance,
+                    ip: addrs.iter().find_map(ip_of),
                 },
             );
             match prev {

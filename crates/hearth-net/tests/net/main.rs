@@ -451,3 +451,119 @@ async fn bench_4k_stream_latency() {
         b.h.shutdown().await;
     }
 }
+
+/// The same over lanes: a lane each way, each end on a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_4k_lane_latency() {
+    let (mut a, mut b) = pair("bench-lane", true).await;
+    let mut ab = a.h.open_lane(b.h.local_id()).await.unwrap();
+    let mut ab_in = next_lane(&mut b).await;
+    let mut ba = b.h.open_lane(a.h.local_id()).await.unwrap();
+    let mut ba_in = next_lane(&mut a).await;
+    let echo = std::thread::spawn(move || {
+        while let Ok(Some(m)) = ab_in.recv() {
+            if ba.send(&m).is_err() {
+                break;
+            }
+        }
+    });
+    let samples = tokio::task::spawn_blocking(move || {
+        let msg = vec![0xA5u8; 4096];
+        let mut samples = Vec::new();
+        for i in 0..3000 {
+            let t = Instant::now();
+            ab.send(&msg).unwrap();
+            let back = ba_in.recv().unwrap().unwrap();
+            assert_eq!(back.len(), 4096);
+            if i >= 200 {
+                samples.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+        }
+        samples
+    });
+    let mut samples = samples.await.unwrap();
+    let (p50, p99) = (pct(&mut samples, 0.5), pct(&mut samples, 0.99));
+    println!(
+        "lane: 4 KiB one-hop latency p50 {p50:.0} us, p99 {p99:.0} us ({} samples)",
+        samples.len()
+    );
+    a.h.shutdown().await;
+    b.h.shutdown().await;
+    drop(echo);
+}
+
+async fn next_lane(n: &mut Node) -> Box<hearth_net::LaneReceiver> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no inbound lane");
+        if let Ok(Some(NetEvent::Lane { lane, .. })) =
+            tokio::time::timeout(Duration::from_millis(100), n.rx.recv()).await
+        {
+            return lane;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_carry_frames_in_order_and_refuse_connections_without_a_ticket() {
+    for tcp in [true, false] {
+        let (a, mut b) = pair(if tcp { "lane-tcp" } else { "lane-quic" }, tcp).await;
+        let (ida, idb) = (a.h.local_id(), b.h.local_id());
+        let mut tx = a.h.open_lane(idb).await.unwrap();
+        assert_eq!(tx.peer(), idb);
+        let mut rx = next_lane(&mut b).await;
+        assert_eq!(rx.peer(), ida);
+        // Lanes block: each end runs on a thread of its own, as the pipeline's do.
+        let sender = std::thread::spawn(move || {
+            for i in 0..200u32 {
+                tx.send(&i.to_be_bytes().repeat(i as usize % 700)).unwrap();
+            }
+        });
+        let received = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            while let Some(frame) = rx.recv().unwrap() {
+                got.push(frame);
+            }
+            got
+        });
+        sender.join().unwrap();
+        let got = received.await.unwrap();
+        assert_eq!(got.len(), 200);
+        for (i, frame) in got.iter().enumerate() {
+            assert_eq!(*frame, (i as u32).to_be_bytes().repeat(i % 700));
+        }
+
+        // A connection to the lane port that shows no ticket this node gave out is closed
+        // and counted, and nothing reaches the caller.
+        let port = b.h.lane_port().expect("lanes are on by default");
+        let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stranger, &[9u8; 16])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.h.counters().refused_lanes == 0 {
+            assert!(Instant::now() < deadline, "the stranger was never refused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.h.counters().lanes_accepted, 1);
+        a.h.shutdown().await;
+        b.h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_lanes_off_neither_takes_nor_opens_them() {
+    let (a, b) = pair_with("lane-off", true, |c| c.lanes = false).await;
+    assert!(b.h.lane_port().is_none());
+    let err = a.h.open_lane(b.h.local_id()).await.unwrap_err();
+    assert!(err.to_string().contains("takes no lanes"), "{err}");
+    let err = b.h.open_lane(a.h.local_id()).await.unwrap_err();
+    assert!(err.to_string().contains("lanes are off"), "{err}");
+    // The data stream still works for everything lanes would have carried.
+    a.h.open_stream(b.h.local_id()).await.unwrap();
+    a.h.shutdown().await;
+    b.h.shutdown().await;
+}

@@ -27,6 +27,10 @@ pub struct EngineArgs {
     /// Compute threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Pin each compute thread to a core of its own (Linux; ignored where there are more
+    /// threads than cores). Steadier decode where other processes share the cores.
+    #[arg(long)]
+    pub pin_threads: bool,
     /// Run the model as a chain of shards, e.g. `0..10,10..20,20..30` (same output as whole).
     #[arg(long, value_parser = parse_layers)]
     pub layers: Option<LayerSplit>,
@@ -155,6 +159,7 @@ impl LoadedModel {
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1),
+            pin_threads: args.pin_threads,
             ..ShardOptions::default()
         };
         let ranges = args

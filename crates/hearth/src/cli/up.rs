@@ -59,6 +59,11 @@ pub struct UpArgs {
     /// Do not announce or discover peers with mDNS (use --peer).
     #[arg(long)]
     pub no_mdns: bool,
+    /// Carry pipeline messages over the peer connection only. By default they take lanes:
+    /// direct, sealed TCP connections on an extra (ephemeral) port, which decode faster; use
+    /// this where only the listen port is reachable.
+    #[arg(long)]
+    pub no_lanes: bool,
     /// Where the HTTP API listens.
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API)]
     pub api: SocketAddr,
@@ -81,6 +86,10 @@ pub struct UpArgs {
     /// Compute threads of each stage run here (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Pin each compute thread to a core of its own (Linux; ignored where there are more
+    /// threads than cores). Steadier decode where other processes share the cores.
+    #[arg(long)]
+    pub pin_threads: bool,
     /// Positions (prompt + generated tokens) one request may use, for the model asked for
     /// here (default: the model's training context, at most 4096).
     #[arg(long)]
@@ -232,6 +241,7 @@ async fn serve(
     }
     cfg.peers = args.peers.clone();
     cfg.mdns = !args.no_mdns;
+    cfg.lanes = !args.no_lanes;
     cfg.node_name = name.clone();
     let security = Security::open(&args.security, &data_dir, args.api)?;
     let api_listener = security
@@ -277,6 +287,7 @@ async fn serve(
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1),
+            pin_threads: args.pin_threads,
             sequences: parallel,
             compute_share: declared.as_ref().map_or(1.0, |d| d.compute_share),
             ..StageSettings::default()
@@ -333,6 +344,7 @@ async fn serve(
         serving: ServingHooks {
             states: links.states,
             streams: links.streams,
+            transport: links.transport,
             reconciler: Reconciler::new(ServePolicy {
                 sequences: parallel,
                 ..ServePolicy::default()

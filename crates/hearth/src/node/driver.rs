@@ -3,6 +3,7 @@
 //! through the shared [`View`].
 
 use super::instances::plan::Reconciler;
+use super::instances::transport::Transport;
 use super::security::audit::Audit;
 use super::view::{Refusal, SharedView};
 use hearth_cluster::ClusterState;
@@ -45,6 +46,7 @@ pub struct Driver {
 pub struct ServingHooks {
     pub states: tokio::sync::watch::Sender<Arc<ClusterState>>,
     pub streams: mpsc::Sender<DataStream>,
+    pub transport: Arc<Transport>,
     pub reconciler: Reconciler,
     /// Hash of the state last sent on `states`, so watchers wake only for a new state.
     pub published_hash: u64,
@@ -204,6 +206,10 @@ impl Driver {
                 if self.serving.streams.try_send(stream).is_err() {
                     tracing::warn!("too many data streams waiting; one dropped");
                 }
+                None
+            }
+            NetEvent::Lane { lane, .. } => {
+                self.serving.transport.read_lane(*lane);
                 None
             }
         }

@@ -39,6 +39,8 @@ pub struct ServingLinks {
     pub states: watch::Sender<Arc<ClusterState>>,
     /// The loop hands every incoming data stream here.
     pub streams: mpsc::Sender<DataStream>,
+    /// The loop hands every incoming lane here.
+    pub transport: Arc<Transport>,
     pub files: Arc<LocalModels>,
 }
 
@@ -102,6 +104,7 @@ pub fn start(setup: ServingSetup) -> ServingLinks {
     ServingLinks {
         states: states_tx,
         streams: streams_tx,
+        transport,
         files,
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Clone)]
 pub struct StageSettings {
     pub threads: usize,
+    pub pin_threads: bool,
     /// Sequences each stage holds at once.
     pub sequences: usize,
     /// Share of full speed (a declared slower device), see `ShardOptions::compute_share`.
@@ -34,6 +35,7 @@ impl Default for StageSettings {
     fn default() -> Self {
         StageSettings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_threads: false,
             sequences: 4,
             compute_share: 1.0,
             queue: 64,
@@ -192,6 +194,7 @@ impl StageRunner {
                 max_sequences: s.sequences,
                 max_batch: s.batch,
                 threads: s.threads,
+                pin_threads: s.pin_threads,
                 compute_share: s.compute_share,
                 ..ShardOptions::default()
             },

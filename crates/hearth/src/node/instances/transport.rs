@@ -1,15 +1,18 @@
-//! The pipeline's messages over the peer layer. Each node keeps one data stream to each peer
-//! it sends to (opened on first use, reopened after a failure), so the messages of a sequence
+//! The pipeline's messages over the peer layer. Each node keeps one link to each peer it
+//! sends to (opened on first use, reopened after a failure), so the messages of a sequence
 //! arrive in the order they were sent; messages to itself skip the network.
 //!
-//! Every data stream starts with one frame naming its purpose, so pipeline messages and model
-//! file transfers share the peer layer's data protocol.
+//! A link is a lane (a direct sealed socket, written by the sending stage's own thread and
+//! read by a thread of the receiver's) where the peer takes one, else a data stream over the
+//! libp2p connection. Every data stream starts with one frame naming its purpose, so pipeline
+//! messages and model file transfers share the peer layer's data protocol.
 
-use hearth_net::{DataStream, NetHandle, PeerId};
+use hearth_net::{DataStream, LaneReceiver, LaneSender, NetHandle, PeerId};
 use hearth_pipeline::{Message, Outbox, Owner, StageHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// First frame of a data stream that carries pipeline messages.
@@ -17,6 +20,18 @@ pub const PIPELINE_OPENING: &[u8] = b"hearth-pipeline/1";
 
 /// Frames waiting for one peer's stream: a few decode steps of every sequence in flight.
 const PEER_QUEUE: usize = 64;
+/// A lane not set up by then is given up for a data stream.
+const LANE_SETUP: Duration = Duration::from_secs(2);
+
+/// How messages reach one peer.
+enum Link {
+    Lane(Box<LaneSender>),
+    Stream(mpsc::Sender<Vec<u8>>),
+}
+
+/// The link to one peer, set up by the first sender that needs it; senders to the peer take
+/// turns, which keeps each sequence's messages in order.
+type LinkSlot = Arc<Mutex<Option<Link>>>;
 
 #[derive(Debug, Default)]
 pub struct TransportCounters {
@@ -34,7 +49,7 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     stages: RwLock<HashMap<String, StageHandle>>,
     owner: OnceLock<Weak<Owner>>,
-    peers: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+    peers: Mutex<HashMap<String, LinkSlot>>,
     pub counters: TransportCounters,
 }
 
@@ -113,19 +128,71 @@ impl Transport {
         ))
     }
 
-    /// The sending end of the stream to `peer`, opening it on first use.
-    fn writer(self: &Arc<Self>, peer: &str) -> Option<mpsc::Sender<Vec<u8>>> {
+    fn slot(&self, peer: &str) -> Option<LinkSlot> {
         let mut peers = self.peers.lock().ok()?;
-        if let Some(tx) = peers.get(peer).filter(|tx| !tx.is_closed()) {
-            return Some(tx.clone());
-        }
+        Some(Arc::clone(peers.entry(peer.to_string()).or_default()))
+    }
+
+    /// A new link to `peer`: a lane when it takes one, else a data stream.
+    fn connect(self: &Arc<Self>, peer: &str) -> Option<Link> {
         let id: PeerId = peer.parse().ok()?;
+        let net = self.net.clone();
+        let lane = self
+            .runtime
+            .block_on(async { tokio::time::timeout(LANE_SETUP, net.open_lane(id)).await });
+        match lane {
+            Ok(Ok(lane)) => {
+                tracing::info!(%peer, "pipeline messages take a lane");
+                return Some(Link::Lane(Box::new(lane)));
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "no lane; pipeline messages take the peer connection")
+            }
+            Err(_) => {
+                tracing::info!(%peer, "lane setup timed out; pipeline messages take the peer connection")
+            }
+        }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        peers.insert(peer.to_string(), tx.clone());
         let this = Arc::clone(self);
         self.runtime
             .spawn(async move { this.write_to(id, rx).await });
-        Some(tx)
+        Some(Link::Stream(tx))
+    }
+
+    /// Sends to a peer over its link, setting one up (again, once) when there is none or it
+    /// broke. Blocks while the peer is not taking messages: back-pressure.
+    fn send_remote(self: &Arc<Self>, to: &str, bytes: Vec<u8>) -> bool {
+        let Some(slot) = self.slot(to) else {
+            return false;
+        };
+        let mut link = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = bytes;
+        for _ in 0..2 {
+            if matches!(&*link, Some(Link::Stream(tx)) if tx.is_closed()) || link.is_none() {
+                *link = self.connect(to);
+            }
+            match link.as_mut() {
+                Some(Link::Lane(lane)) => match lane.send(&bytes) {
+                    Ok(()) => {
+                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %to, error = %e, "pipeline lane broke");
+                        *link = None;
+                    }
+                },
+                Some(Link::Stream(tx)) => match tx.blocking_send(bytes) {
+                    Ok(()) => return true,
+                    Err(mpsc::error::SendError(back)) => {
+                        bytes = back;
+                        *link = None;
+                    }
+                },
+                None => return false,
+            }
+        }
+        false
     }
 
     async fn write_to(self: Arc<Self>, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>) {
@@ -190,6 +257,63 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Reads pipeline messages from a lane a peer opened, on a thread of its own: the thread
+    /// hands each message straight to its stage.
+    pub fn read_lane(self: &Arc<Self>, mut lane: LaneReceiver) {
+        let this = Arc::clone(self);
+        let peer = lane.peer();
+        let spawned = std::thread::Builder::new()
+            .name("hearth-lane".into())
+            .spawn(move || loop {
+                let bytes = match lane.recv() {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return,
+                    Err(hearth_net::FrameError::Io(e)) => {
+                        tracing::debug!(%peer, error = %e, "pipeline lane ended");
+                        return;
+                    }
+                    Err(e) => {
+                        this.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, error = %e, "bad frame on a pipeline lane; closing it");
+                        return;
+                    }
+                };
+                this.counters.received.fetch_add(1, Ordering::Relaxed);
+                match Message::decode(&bytes) {
+                    Ok(msg) => this.deliver_here(msg),
+                    Err(e) => {
+                        this.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the lane");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%peer, error = %e, "cannot start a lane reader");
+        }
+    }
+
+    /// Delivers a message meant for this node, from a thread that may block.
+    fn deliver_here(self: &Arc<Self>, msg: Message) {
+        match self.route_local(msg) {
+            Ok(None) => {}
+            Ok(Some((stage, msg))) => {
+                if !stage.blocking_send(msg) {
+                    self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(msg) => {
+                if let Some((to, reply)) = self.refuse(&msg) {
+                    // The owner is this node or another; either way not a loop: a failure is
+                    // never refused again.
+                    TransportOutbox(Arc::clone(self)).send(&to, reply);
+                }
+            }
+        }
+    }
+}
+
 /// The pipeline's view of the transport.
 #[derive(Clone)]
 pub struct TransportOutbox(pub Arc<Transport>);
@@ -198,39 +322,9 @@ impl Outbox for TransportOutbox {
     fn send(&self, to: &str, msg: Message) {
         let this = &self.0;
         if to == this.me {
-            match this.route_local(msg) {
-                Ok(None) => {}
-                Ok(Some((stage, msg))) => {
-                    if !stage.blocking_send(msg) {
-                        this.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(msg) => {
-                    if let Some((to, reply)) = this.refuse(&msg) {
-                        // The owner is this node or another; either way not a loop: a failure
-                        // is never refused again.
-                        Outbox::send(self, &to, reply);
-                    }
-                }
-            }
-            return;
+            this.deliver_here(msg);
+        } else if !this.send_remote(to, msg.encode()) {
+            this.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
         }
-        let mut bytes = msg.encode();
-        for _ in 0..2 {
-            let Some(tx) = this.writer(to) else {
-                break;
-            };
-            match tx.blocking_send(bytes) {
-                Ok(()) => return,
-                // The stream broke since: open a new one once.
-                Err(mpsc::error::SendError(back)) => {
-                    bytes = back;
-                    if let Ok(mut p) = this.peers.lock() {
-                        p.remove(to);
-                    }
-                }
-            }
-        }
-        this.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -204,7 +204,9 @@ fn reference_chats() -> Vec<(Vec<Value>, usize)> {
 fn a_model_split_over_three_nodes_answers_token_for_token_like_one_node() {
     let home = measured_home();
     let dir = TempDir::new("serve-split");
-    let nodes = start(&dir, &home, 3, &[]);
+    // The first node keeps to the peer connection: messages to and from it take data
+    // streams, those between the other two take lanes, and the answers stay exact on both.
+    let nodes = start(&dir, &home, 3, &["--no-lanes"]);
     let refs: Vec<&Node> = nodes.iter().collect();
     let (_, stages) = wait_ready(&refs, "a 3-stage instance", |s| s.len() == 3);
     let ids: Vec<&str> = stages.iter().map(|s| s.0.as_str()).collect();
@@ -229,6 +231,13 @@ fn a_model_split_over_three_nodes_answers_token_for_token_like_one_node() {
         assert_eq!(streamed.0, local["text"].as_str().unwrap());
         assert_eq!(streamed.1, local_tokens);
     }
+    assert!(nodes[0].log().contains("lanes are off on this node"));
+    assert!(
+        nodes[1..]
+            .iter()
+            .any(|n| n.log().contains("pipeline messages take a lane")),
+        "no pipeline message took a lane"
+    );
 }
 
 /// The store file a node fetched into, if any: `<data dir>/models/<sha256>.gguf[.part]`.
