@@ -41,6 +41,9 @@ const TICKET_LIFETIME: Duration = Duration::from_secs(10);
 const MAX_OFFERS: usize = 256;
 /// How long a new connection has to present its ticket.
 const TICKET_WAIT: Duration = Duration::from_secs(5);
+/// Connections waiting to present a ticket at once; more are closed at once (and counted), so
+/// a flood of idle connections cannot hold unbounded tasks.
+const MAX_UNPROVEN: usize = 64;
 
 /// The responder's answer to a lane request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,8 +307,19 @@ pub(crate) async fn serve_offers(
 
 /// Takes connections on the lane port; each must present a ticket this node offered.
 pub(crate) async fn accept_connections(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let unproven = Arc::new(tokio::sync::Semaphore::new(MAX_UNPROVEN));
     loop {
-        let Ok((mut socket, from)) = listener.accept().await else {
+        let (mut socket, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin on the error.
+                tracing::debug!(error = %e, "lane listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&unproven).try_acquire_owned() else {
+            bump(&shared.counters.refused_lanes);
             continue;
         };
         let shared = Arc::clone(&shared);
@@ -316,6 +330,7 @@ pub(crate) async fn accept_connections(listener: tokio::net::TcpListener, shared
                 Ok(Ok(_)) => shared.lanes.redeem(&ticket),
                 _ => None,
             };
+            drop(permit);
             let Some((peer, key)) = redeemed else {
                 bump(&shared.counters.refused_lanes);
                 tracing::debug!(%from, "lane connection without a valid ticket; closed");
