@@ -171,7 +171,47 @@ pub fn discover() -> Discovery {
     // Also on Linux: ARM boards expose the same kgsl/mali nodes; elsewhere it finds nothing.
     #[cfg(any(target_os = "android", target_os = "linux"))]
     found.absorb("android-sysfs", android::probe(std::path::Path::new("/")));
+    fold_vulkan_twins(&mut found.devices);
     found
+}
+
+/// A GPU seen both by its vendor's probe and through Vulkan is one device: the Vulkan entry
+/// is dropped and Vulkan added to the vendor entry's backends, which keeps the richer facts
+/// (free memory, live readings). Without this a planner would count its memory twice. Matched
+/// by hardware UUID, which NVIDIA reports alike to NVML, nvidia-smi and Vulkan (seen on an
+/// H200, driver 580); other vendors' ids do not carry it, so their twins stay apart.
+pub fn fold_vulkan_twins(devices: &mut Vec<Accelerator>) {
+    let uuid_of = |a: &Accelerator| -> Option<String> {
+        let hex =
+            a.id.strip_prefix("cuda-gpu-")
+                .or_else(|| a.id.strip_prefix("vk-"))?;
+        let digits: String = hex.chars().filter(|c| *c != '-').collect();
+        (digits.len() == 32 && digits.chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| digits.to_ascii_lowercase())
+    };
+    let mut twins = Vec::new();
+    for (i, vk) in devices.iter().enumerate() {
+        if vk.backends != [Backend::Vulkan] {
+            continue;
+        }
+        let Some(uuid) = uuid_of(vk) else { continue };
+        let vendor = devices.iter().position(|d| {
+            !d.backends.contains(&Backend::Vulkan) && uuid_of(d) == Some(uuid.clone())
+        });
+        if let Some(v) = vendor {
+            twins.push((i, v));
+        }
+    }
+    for &(_, v) in &twins {
+        devices[v].backends.push(Backend::Vulkan);
+    }
+    let drop: Vec<usize> = twins.iter().map(|&(i, _)| i).collect();
+    let mut index = 0;
+    devices.retain(|_| {
+        let keep = !drop.contains(&index);
+        index += 1;
+        keep
+    });
 }
 
 /// `free` when the source reports it, else `total`: the budget a planner may hand out.

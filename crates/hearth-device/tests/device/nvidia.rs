@@ -339,3 +339,78 @@ fn tools_are_run_with_a_deadline_and_a_size_cap() {
         "killed at the deadline"
     );
 }
+
+/// Captured by this project on a rented NVIDIA H200 (driver 580.159.04, CUDA 13.0), with
+/// `hearth devices` run beside it; see `fixtures/nvidia/README.md`.
+#[test]
+fn h200_capture_reads_hopper_with_its_memory_and_power() {
+    let f = only(&fixture("h200-v13.xml"));
+    assert_eq!(f.name, "NVIDIA H200");
+    assert_eq!(f.uuid, "GPU-51243092-e7ec-2d6b-4647-83e07e2f7e0d");
+    assert_eq!(f.architecture.as_deref(), Some("Hopper"));
+    assert_eq!(f.memory_total_bytes, 143771 * MIB);
+    assert_eq!(f.memory_free_bytes, Some(143156 * MIB));
+    assert_eq!(f.driver_version.as_deref(), Some("580.159.04"));
+    assert_eq!(f.cuda_version.as_deref(), Some("13.0"));
+    assert_eq!(f.temperature_c, Some(39.0));
+    assert_eq!(f.power_limit_w, Some(700.0));
+    assert_eq!(f.utilisation, Some(0.0));
+
+    let a = to_accelerator(&f, "nvidia-smi");
+    assert_eq!(a.id, "cuda-gpu-51243092-e7ec-2d6b-4647-83e07e2f7e0d");
+    assert_eq!(
+        a.precisions,
+        [
+            Precision::F32,
+            Precision::F16,
+            Precision::Bf16,
+            Precision::Int8Dot
+        ]
+    );
+    // NVML on the same machine, a moment later, reported the same total to the byte and a
+    // free figure within the MiB that nvidia-smi rounds to.
+    assert_eq!(a.memory_total_bytes, 150_754_820_096);
+    assert!(a.memory_budget_bytes.abs_diff(150_109_880_320) < MIB);
+}
+
+/// On that H200 the Vulkan probe (NVIDIA's ICD) found the same board as NVML, with the same
+/// UUID; listed twice, a planner would count its 140 GiB twice.
+#[test]
+fn a_gpu_seen_by_nvidia_and_vulkan_is_one_device_with_both_backends() {
+    use hearth_device::probe::vulkan::{self as vk, MemoryHeap, VulkanFacts};
+    let cuda = to_accelerator(&only(&fixture("h200-v13.xml")), "nvidia-smi");
+    let seen = VulkanFacts {
+        instance_version: (1 << 22) | (3 << 12) | 239,
+        api_version: (1 << 22) | (4 << 12) | 312,
+        driver_version: (580 << 22) | (159 << 14) | (4 << 6),
+        vendor_id: 0x10DE,
+        device_id: 0x2335,
+        device_type: vk::DEVICE_TYPE_DISCRETE_GPU,
+        device_name: "NVIDIA H200".into(),
+        device_uuid: Some("51243092e7ec2d6b464783e07e2f7e0d".into()),
+        driver_name: Some("NVIDIA".into()),
+        driver_info: Some("580.159.04".into()),
+        memory_heaps: vec![MemoryHeap {
+            size_bytes: 150_754_820_096,
+            device_local: true,
+        }],
+        shader_float16: true,
+        shader_int8: true,
+        storage_buffer_16bit: true,
+    };
+    let twin = vk::to_accelerator(&seen);
+    assert_eq!(twin.id, "vk-51243092e7ec2d6b464783e07e2f7e0d");
+    let other = vk::to_accelerator(&VulkanFacts {
+        device_uuid: Some("00112233445566778899aabbccddeeff".into()),
+        device_name: "another board".into(),
+        ..seen.clone()
+    });
+
+    let mut devices = vec![twin, cuda.clone(), other.clone()];
+    hearth_device::probe::fold_vulkan_twins(&mut devices);
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0].id, cuda.id);
+    assert_eq!(devices[0].backends, [Backend::Cuda, Backend::Vulkan]);
+    assert_eq!(devices[0].memory_free_bytes, cuda.memory_free_bytes);
+    assert_eq!(devices[1], other, "a Vulkan device with no twin stays");
+}
