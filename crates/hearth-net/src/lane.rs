@@ -275,9 +275,21 @@ impl LaneReceiver {
         Ok(Some(body))
     }
 
-    /// Ends the lane from this side; a blocked [`LaneReceiver::recv`] on a clone returns.
-    pub fn shutdown(&self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    /// A handle that ends this lane from another thread: a blocked [`LaneReceiver::recv`]
+    /// then returns. For a caller that keeps one lane per peer and closes the one a newer
+    /// lane replaces.
+    pub fn closer(&self) -> std::io::Result<LaneCloser> {
+        Ok(LaneCloser(self.socket.try_clone()?))
+    }
+}
+
+/// Ends a lane from outside its reading thread ([`LaneReceiver::closer`]).
+#[derive(Debug)]
+pub struct LaneCloser(TcpStream);
+
+impl LaneCloser {
+    pub fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -25,7 +25,7 @@ pub use config::{Limits, LinkProbeConfig, NetConfig, MAX_NAME_LEN};
 pub use counters::Counters;
 pub use error::{FrameError, NetError};
 pub use key::{load_or_create_identity, ClusterKey};
-pub use lane::{LaneReceiver, LaneSender};
+pub use lane::{LaneCloser, LaneReceiver, LaneSender};
 pub use node::start;
 pub use stream::{DataStream, DATA_PROTOCOL};
 

@@ -7,7 +7,7 @@
 //! libp2p connection. Every data stream starts with one frame naming its purpose, so pipeline
 //! messages and model file transfers share the peer layer's data protocol.
 
-use hearth_net::{DataStream, LaneReceiver, LaneSender, NetHandle, PeerId};
+use hearth_net::{DataStream, LaneCloser, LaneReceiver, LaneSender, NetHandle, PeerId};
 use hearth_pipeline::{Message, Outbox, Owner, StageHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,9 @@ pub struct Transport {
     stages: RwLock<HashMap<String, StageHandle>>,
     owner: OnceLock<Weak<Owner>>,
     peers: Mutex<HashMap<String, LinkSlot>>,
+    /// The lane each peer sends on: a newer one from the same peer (it reconnected) ends the
+    /// older, so a peer holds at most one reading thread here.
+    lanes_in: Mutex<HashMap<PeerId, LaneCloser>>,
     pub counters: TransportCounters,
 }
 
@@ -62,6 +65,7 @@ impl Transport {
             stages: RwLock::new(HashMap::new()),
             owner: OnceLock::new(),
             peers: Mutex::new(HashMap::new()),
+            lanes_in: Mutex::new(HashMap::new()),
             counters: TransportCounters::default(),
         })
     }
@@ -263,6 +267,18 @@ impl Transport {
     pub fn read_lane(self: &Arc<Self>, mut lane: LaneReceiver) {
         let this = Arc::clone(self);
         let peer = lane.peer();
+        match lane.closer() {
+            Ok(closer) => {
+                let mut lanes = self.lanes_in.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(older) = lanes.insert(peer, closer) {
+                    older.close();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot keep a lane; refused");
+                return;
+            }
+        }
         let spawned = std::thread::Builder::new()
             .name("hearth-lane".into())
             .spawn(move || loop {
