@@ -275,6 +275,12 @@ impl LaneReceiver {
         Ok(Some(body))
     }
 
+    /// Ends the lane from this side. Unlike dropping it, this also ends it for the copies
+    /// [`LaneReceiver::closer`] handed out, and the sender sees its writes fail.
+    pub fn shutdown(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
     /// A handle that ends this lane from another thread: a blocked [`LaneReceiver::recv`]
     /// then returns. For a caller that keeps one lane per peer and closes the one a newer
     /// lane replaces.

@@ -275,38 +275,53 @@ impl Transport {
                 }
             }
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "cannot keep a lane; refused");
+                tracing::warn!(%peer, error = %e, "cannot keep a lane; closed");
                 return;
             }
         }
         let spawned = std::thread::Builder::new()
             .name("hearth-lane".into())
-            .spawn(move || loop {
-                let bytes = match lane.recv() {
-                    Ok(Some(b)) => b,
-                    Ok(None) => return,
-                    Err(hearth_net::FrameError::Io(e)) => {
-                        tracing::debug!(%peer, error = %e, "pipeline lane ended");
-                        return;
-                    }
-                    Err(e) => {
-                        this.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, error = %e, "bad frame on a pipeline lane; closing it");
-                        return;
-                    }
-                };
-                this.counters.received.fetch_add(1, Ordering::Relaxed);
-                match Message::decode(&bytes) {
-                    Ok(msg) => this.deliver_here(msg),
-                    Err(e) => {
-                        this.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the lane");
-                        return;
-                    }
-                }
+            .spawn(move || {
+                this.pump_lane(&mut lane);
+                // Shut down, not only dropped: `lanes_in` holds a copy of the socket, and the
+                // sender must see its writes fail rather than fill a buffer nobody reads.
+                lane.shutdown();
             });
         if let Err(e) = spawned {
-            tracing::warn!(%peer, error = %e, "cannot start a lane reader");
+            tracing::warn!(%peer, error = %e, "cannot start a lane reader; lane closed");
+            let lanes = self.lanes_in.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(closer) = lanes.get(&peer) {
+                closer.close();
+            }
+        }
+    }
+
+    /// Hands every message on `lane` to its stage until the lane ends or carries something bad.
+    fn pump_lane(self: &Arc<Self>, lane: &mut LaneReceiver) {
+        let peer = lane.peer();
+        loop {
+            let bytes = match lane.recv() {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(hearth_net::FrameError::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "pipeline lane ended");
+                    return;
+                }
+                Err(e) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "bad frame on a pipeline lane; closing it");
+                    return;
+                }
+            };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            match Message::decode(&bytes) {
+                Ok(msg) => self.deliver_here(msg),
+                Err(e) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the lane");
+                    return;
+                }
+            }
         }
     }
 
