@@ -516,4 +516,44 @@ mod tests {
         assert_eq!(desk.redeem(&offer.ticket), None);
         assert_eq!(LaneDesk::new(None).offer(peer).port, 0);
     }
+
+    #[test]
+    fn random_and_mutated_input_is_refused_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let offer = LaneDesk::new(Some(1)).offer(PeerId::random()).encode();
+        for _ in 0..5000 {
+            let mut b = offer.clone();
+            match rng.gen_range(0..3) {
+                0 => b.truncate(rng.gen_range(0..b.len())),
+                1 => b.push(rng.gen()),
+                _ => {
+                    let i = rng.gen_range(0..b.len());
+                    b[i] ^= 1 << rng.gen_range(0..8);
+                }
+            }
+            // A same-length mutation is a valid offer of another port, ticket or key.
+            assert_eq!(Offer::decode(&b).is_ok(), b.len() == Offer::LEN);
+        }
+        // Random bytes on a lane: nothing opens as a frame.
+        for round in 0..200u64 {
+            let (tx, mut rx) = pair([3; KEY_LEN]);
+            let mut raw = tx.socket.try_clone().unwrap();
+            let mut junk = vec![0u8; rng.gen_range(1..600)];
+            rng.fill(&mut junk[..]);
+            if round % 2 == 0 {
+                // A plausible length, so the body is read and must fail authentication.
+                let len = (junk.len() as u32).saturating_sub(4).max(TAG_LEN as u32);
+                junk[..4].copy_from_slice(&len.to_be_bytes());
+            }
+            raw.write_all(&junk).unwrap();
+            drop(raw);
+            drop(tx);
+            // An error, or an end (fewer bytes than a length prefix), never a frame.
+            assert!(
+                !matches!(rx.recv(), Ok(Some(_))),
+                "round {round}: junk opened as a frame"
+            );
+        }
+    }
 }
