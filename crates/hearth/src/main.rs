@@ -3,6 +3,8 @@
 
 mod cli;
 mod node;
+#[cfg(test)]
+mod test_dir;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -285,16 +285,10 @@ mod tests {
     use super::*;
     use crate::node::view::View;
     use axum::body::{to_bytes, Body};
-    use std::path::PathBuf;
     use std::sync::RwLock;
     use tower::ServiceExt;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TestDir as Dir;
 
     /// The admin routes of a node whose network listens on loopback only.
     async fn routes(dir: &Dir) -> (Router, mpsc::Receiver<LocalFact>) {
@@ -332,10 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plan_for_a_model_that_is_not_there_is_a_clear_400() {
-        let dir =
-            Dir(std::env::temp_dir().join(format!("hearth-admin-plan-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = Dir::new("admin-plan");
         let (router, mut facts) = routes(&dir).await;
         let missing = dir.0.join("missing.gguf");
         let missing = missing.to_str().unwrap();

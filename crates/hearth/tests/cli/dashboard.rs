@@ -11,7 +11,7 @@
 //! to `target/test-artifacts/dashboard/` in the workspace.
 
 use crate::cluster::harness::{
-    admin_token, measured_home, post_json, wait_for_model, wait_until, Node, TempDir, KEY,
+    admin_token, loopback_args, measured_home, post_json, wait_for_model, wait_until, Node, TempDir,
 };
 use crate::model_path;
 use serde_json::Value;
@@ -30,31 +30,11 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dashboar
 // with `--memory-limit 1MiB`, too little for any layer, so the planner never places work on it.
 use crate::observe::HOT_PROFILE;
 
-fn node_args(extra: &[&str]) -> Vec<String> {
-    [
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api",
-        "127.0.0.1:0",
-        "--cluster-key",
-        KEY,
-        // A node lost shows within the page's 5 s: removed after 2 s of silence, judged within
-        // the next second, sent within a quarter.
-        "--timeout-ms",
-        "2000",
-        "--threads",
-        "1",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn start(name: &str, dir: &TempDir, home: &TempDir, args: &[String]) -> Node {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::start(name, &dir.0.join(name), &home.0, &args)
+fn node_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    // A node lost shows within the page's 5 s: removed after 2 s of silence, judged within the
+    // next second, sent within a quarter.
+    let timing = ["--timeout-ms", "2000", "--threads", "1"];
+    loopback_args(&[&timing[..], extra].concat())
 }
 
 fn agent() -> ureq::Agent {
@@ -324,7 +304,7 @@ fn dashboard_shows_the_cluster_its_placement_chat_and_faults() {
     let home = measured_home();
     let dir = TempDir::new("dashboard");
     let model = model_path(MODEL).to_string_lossy().into_owned();
-    let n1 = start(
+    let n1 = Node::start_in(
         "node-1",
         &dir,
         &home,
@@ -338,7 +318,7 @@ fn dashboard_shows_the_cluster_its_placement_chat_and_faults() {
         ]),
     );
     let seed = n1.listen_addr("/tcp/");
-    let n2 = start(
+    let n2 = Node::start_in(
         "node-2",
         &dir,
         &home,
@@ -347,7 +327,7 @@ fn dashboard_shows_the_cluster_its_placement_chat_and_faults() {
     // The third node requires tokens, so the page is also seen asking for one.
     std::fs::create_dir_all(dir.0.join("node-3")).unwrap();
     let token = admin_token(&dir.0.join("node-3"));
-    let mut n3 = start(
+    let mut n3 = Node::start_in(
         "node-3",
         &dir,
         &home,
@@ -433,7 +413,7 @@ fn dashboard_shows_the_cluster_its_placement_chat_and_faults() {
         };
         match line.as_str() {
             "STEP hot" => {
-                let node = start(
+                let node = Node::start_in(
                     "hot",
                     &dir,
                     &home,

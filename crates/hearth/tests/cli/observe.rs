@@ -6,7 +6,9 @@
 //! `HEARTH_EXPECT_PROMETHEUS=1`, where their absence is a failure.
 
 use super::*;
-use crate::cluster::harness::{agree_on, get, measured_home, wait_until, Node, TempDir, KEY};
+use crate::cluster::harness::{
+    agree_on, get, loopback_args, measured_home, wait_until, Node, TempDir,
+};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -195,27 +197,6 @@ fn promtool_check(promtool: &Path, api: &str) {
     );
 }
 
-fn loopback(extra: &[&str]) -> Vec<String> {
-    [
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api",
-        "127.0.0.1:0",
-        "--cluster-key",
-        KEY,
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn start(name: &str, dir: &TempDir, home: &TempDir, args: &[String]) -> Node {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::start(name, &dir.0.join(name), &home.0, &args)
-}
-
 #[test]
 fn prometheus_scrapes_two_nodes_and_counts_every_request() {
     let Some((prometheus, promtool)) =
@@ -226,14 +207,14 @@ fn prometheus_scrapes_two_nodes_and_counts_every_request() {
     let home = measured_home();
     let dir = TempDir::new("observe-prom");
     let model = model_path(MODEL).to_string_lossy().into_owned();
-    let serving = start(
+    let serving = Node::start_in(
         "serving",
         &dir,
         &home,
-        &loopback(&["--model", &model, "--threads", "2"]),
+        &loopback_args(&["--model", &model, "--threads", "2"]),
     );
     let seed = serving.listen_addr("/tcp/");
-    let other = start("other", &dir, &home, &loopback(&["--peer", &seed]));
+    let other = Node::start_in("other", &dir, &home, &loopback_args(&["--peer", &seed]));
     wait_until(
         &[&serving, &other],
         Duration::from_secs(15),
@@ -376,11 +357,11 @@ fn a_hot_device_and_a_killed_node_raise_alerts() {
     let fast = ["--telemetry-ms", "200", "--timeout-ms", "1500"];
 
     let started = Instant::now();
-    let hot = start(
+    let hot = Node::start_in(
         "hot",
         &dir,
         &home,
-        &loopback(&[&["--device-profile", profile.as_str()], &fast[..]].concat()),
+        &loopback_args(&[&["--device-profile", profile.as_str()], &fast[..]].concat()),
     );
     let (alert, _) = wait_for_alert(&hot.api, "device_throttled", Duration::from_secs(5));
     let took = started.elapsed();
@@ -394,11 +375,11 @@ fn a_hot_device_and_a_killed_node_raise_alerts() {
     assert!(alert["started_ms"].as_u64().is_some() && alert["ended_ms"].is_null());
 
     let seed = hot.listen_addr("/tcp/");
-    let mut peer = start(
+    let mut peer = Node::start_in(
         "peer",
         &dir,
         &home,
-        &loopback(&[&["--peer", seed.as_str()], &fast[..]].concat()),
+        &loopback_args(&[&["--peer", seed.as_str()], &fast[..]].concat()),
     );
     wait_until(
         &[&hot, &peer],

@@ -319,17 +319,11 @@ mod tests {
     use axum::body::to_bytes;
     use axum::routing::get;
     use axum::Router;
-    use std::path::PathBuf;
     use std::sync::RwLock;
     use tokio::sync::mpsc;
     use tower::ServiceExt;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TestDir as Dir;
 
     /// The dashboard's routes and a data endpoint behind the gate of a node that requires
     /// tokens; an admin and a user token.
@@ -395,10 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_page_loads_without_a_token_and_its_data_does_not() {
-        let dir =
-            Dir(std::env::temp_dir().join(format!("hearth-auth-dash-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = Dir::new("auth-dash");
         let (router, audit, admin, user, _node_loop) = gated(&dir);
 
         let page = call(&router, Method::GET, "/", None).await;

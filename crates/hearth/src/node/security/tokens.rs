@@ -347,21 +347,7 @@ fn index(tokens: Vec<TokenRecord>) -> HashMap<[u8; 32], Arc<TokenRecord>> {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let d =
-                std::env::temp_dir().join(format!("hearth-tokens-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            Dir(d)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TestDir as Dir;
 
     #[test]
     fn corrupt_or_odd_files_are_clear_errors() {
@@ -416,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_file_stops_the_node_at_start_and_fails_lookups_while_running() {
-        let dir = Dir::new("corrupt");
+        let dir = Dir::new("tokens-corrupt");
         std::fs::write(dir.0.join(TOKENS_FILE), "{not json").unwrap();
         let err = TokenStore::open(&dir.0)
             .err()
@@ -443,7 +429,7 @@ mod tests {
 
     #[test]
     fn created_tokens_are_seen_and_revoked_ones_refused_without_a_restart() {
-        let dir = Dir::new("live");
+        let dir = Dir::new("tokens-live");
         let store = TokenStore::open(&dir.0).unwrap();
         assert_eq!(store.len(), 0);
         let (secret, rec) = create(&dir.0, Scope::Admin, "ops laptop", 42).unwrap();

@@ -108,7 +108,28 @@ impl Drop for Alone {
     }
 }
 
+/// What every test node on loopback starts with (no mDNS; peers and API on ephemeral loopback
+/// ports; the tests' cluster key), then `extra`.
+pub fn loopback_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "127.0.0.1:0",
+        "--cluster-key",
+        KEY,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 impl Node {
+    /// [`Node::start`] with the data dir `dir/name`.
+    pub fn start_in(name: &str, dir: &TempDir, shared_home: &TempDir, extra: &[&str]) -> Node {
+        Node::start(name, &dir.0.join(name), &shared_home.0, extra)
+    }
+
     /// Starts `hearth up` and waits for it to print its id and API address.
     pub fn start(name: &str, data_dir: &Path, shared_home: &Path, extra: &[&str]) -> Node {
         Node::start_with(

@@ -2,7 +2,7 @@
 //! exactly as one node does, surviving a killed stage, and moving to a better node that joins.
 
 use super::harness::{
-    measured_home, post_json, token, wait_for_model, wait_until, Node, TempDir, KEY,
+    loopback_args, measured_home, post_json, token, wait_for_model, wait_until, Node, TempDir,
 };
 use crate::{hearth_json, model_path};
 use serde_json::Value;
@@ -15,21 +15,7 @@ const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const LIMIT: &str = "60MiB";
 
 fn node_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api",
-        "127.0.0.1:0",
-        "--cluster-key",
-        KEY,
-        "--timeout-ms",
-        "3000",
-        "--threads",
-        "1",
-    ];
-    a.extend_from_slice(extra);
-    a
+    loopback_args(&[&["--timeout-ms", "3000", "--threads", "1"][..], extra].concat())
 }
 
 /// `n` nodes offering `LIMIT` each; the first asks for the test model.
