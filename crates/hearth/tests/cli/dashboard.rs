@@ -11,7 +11,8 @@
 //! to `target/test-artifacts/dashboard/` in the workspace.
 
 use crate::cluster::harness::{
-    admin_token, loopback_args, measured_home, post_json, wait_for_model, wait_until, Node, TempDir,
+    admin_token, loopback_args, measured_home, post_json, ready_instance, wait_for_model,
+    wait_until, Node, TempDir,
 };
 use crate::model_path;
 use serde_json::Value;
@@ -94,21 +95,7 @@ fn first_event(api: &str, token: Option<&str>) -> (String, Value) {
 
 /// The stages of the ready instance a node reports, as `(node, first layer, end layer)`.
 fn ready_stages(v: &Value) -> Option<Vec<(String, u64, u64)>> {
-    let (_, inst) = v["instances"]
-        .as_object()?
-        .iter()
-        .find(|(_, i)| i["status"]["state"] == "ready")?;
-    inst["stages"]
-        .as_array()?
-        .iter()
-        .map(|s| {
-            Some((
-                s["node"].as_str()?.to_string(),
-                s["first_layer"].as_u64()?,
-                s["end_layer"].as_u64()?,
-            ))
-        })
-        .collect()
+    ready_instance(v).map(|(_, stages)| stages)
 }
 
 /// The page, its assets and the endpoints behind it, over plain HTTP.

@@ -152,6 +152,16 @@ def alert_in_page(box, name, subject_has):
     return [i for i in items if i[0] == name and subject_has in i[1]]
 
 
+def alert_shown(name, since):
+    """Waits for the active alert `name` about the hot node; returns it and the seconds taken."""
+    start = time.monotonic()
+    found, _ = wait(f"{name} in the page", ALERT_S,
+                    lambda: alert_in_page("alerts-active", name, "hot"))
+    seconds = round(time.monotonic() - start, 2)
+    log(f"{name} shown {seconds} s after {since}: {found[0][2]}")
+    return found, seconds
+
+
 def main():
     os.makedirs(ARTIFACTS, exist_ok=True)
 
@@ -287,11 +297,7 @@ def main():
     driver.get(URL)
     wait("the page is live again", 10, lambda: live() and page_nodes() == NAMES)
     _, hot_id = step("hot")
-    start = time.monotonic()
-    found, _ = wait("device_throttled in the page", ALERT_S,
-                    lambda: alert_in_page("alerts-active", "device_throttled", "hot"))
-    result["hot_alert_s"] = round(time.monotonic() - start, 2)
-    log(f"device_throttled shown {result['hot_alert_s']} s after the hot node started: {found[0][2]}")
+    found, result["hot_alert_s"] = alert_shown("device_throttled", "the hot node started")
     check("hot-phone" in found[0][2], f"the alert's message names the device: {found[0]}")
     check(js("return document.querySelector('#alert-badge.critical') !== null"), "a critical badge")
     wait("the hot device, declared and throttling", 5, lambda: js(
@@ -304,11 +310,7 @@ def main():
     screenshot("desktop")
 
     _, lost_id = step("kill")
-    start = time.monotonic()
-    found, _ = wait("node_lost in the page", ALERT_S,
-                    lambda: alert_in_page("alerts-active", "node_lost", "hot"))
-    result["node_lost_alert_s"] = round(time.monotonic() - start, 2)
-    log(f"node_lost shown {result['node_lost_alert_s']} s after the kill: {found[0][2]}")
+    found, result["node_lost_alert_s"] = alert_shown("node_lost", "the kill")
     wait("device_throttled resolved", 5, lambda: alert_in_page("alerts-resolved", "device_throttled", "hot"))
     wait("the topology without the killed node", 5, lambda: page_nodes() == NAMES)
     check(lost_id == hot_id, "the killed node is the hot one")

@@ -473,3 +473,26 @@ pub fn audited(data_dir: &Path, what: &str, want: impl Fn(&Value) -> bool) -> Va
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An instance's id and its stages as `(node, first layer, end layer)`.
+pub type Placed = (String, Vec<(String, u64, u64)>);
+
+/// The ready instance in a node's `/api/instances`.
+pub fn ready_instance(v: &Value) -> Option<Placed> {
+    let instances = v["instances"].as_object()?;
+    let (id, inst) = instances
+        .iter()
+        .find(|(_, i)| i["status"]["state"] == "ready")?;
+    let stages = inst["stages"]
+        .as_array()?
+        .iter()
+        .map(|s| {
+            Some((
+                s["node"].as_str()?.to_string(),
+                s["first_layer"].as_u64()?,
+                s["end_layer"].as_u64()?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((id.clone(), stages))
+}

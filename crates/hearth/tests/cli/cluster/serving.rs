@@ -2,7 +2,8 @@
 //! exactly as one node does, surviving a killed stage, and moving to a better node that joins.
 
 use super::harness::{
-    loopback_args, measured_home, post_json, token, wait_for_model, wait_until, Node, TempDir,
+    loopback_args, measured_home, post_json, ready_instance, token, wait_for_model, wait_until,
+    Node, Placed, TempDir,
 };
 use crate::{hearth_json, model_path};
 use serde_json::Value;
@@ -44,29 +45,6 @@ fn start(dir: &TempDir, home: &TempDir, n: usize, first_extra: &[&str]) -> Vec<N
         ));
     }
     nodes
-}
-
-/// An instance's id and its stages as `(node, first layer, end layer)`.
-type Placed = (String, Vec<(String, u64, u64)>);
-
-/// The ready instance a node reports.
-fn ready_instance(v: &Value) -> Option<Placed> {
-    let instances = v["instances"].as_object()?;
-    let (id, inst) = instances
-        .iter()
-        .find(|(_, i)| i["status"]["state"] == "ready")?;
-    let stages = inst["stages"]
-        .as_array()?
-        .iter()
-        .map(|s| {
-            Some((
-                s["node"].as_str()?.to_string(),
-                s["first_layer"].as_u64()?,
-                s["end_layer"].as_u64()?,
-            ))
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((id.clone(), stages))
 }
 
 /// Waits until every node sees one ready instance meeting `ok`, and serves the model.
