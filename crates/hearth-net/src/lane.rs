@@ -204,13 +204,13 @@ impl LaneSender {
         self.buf.clear();
         self.buf.extend_from_slice(&(sealed as u32).to_be_bytes());
         self.buf.extend_from_slice(payload);
-        let mut body = self.buf.split_off(LEN_PREFIX);
         let nonce = self.sealing.nonce();
-        self.sealing
+        let tag = self
+            .sealing
             .key
-            .seal_in_place_append_tag(nonce, Aad::empty(), &mut body)
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut self.buf[LEN_PREFIX..])
             .map_err(|_| FrameError::Malformed("lane frame could not be sealed"))?;
-        self.buf.extend_from_slice(&body);
+        self.buf.extend_from_slice(tag.as_ref());
         self.socket
             .write_all(&self.buf)
             .map_err(|e| NetError::Frame(FrameError::Io(e)))

@@ -221,6 +221,20 @@ impl Transport {
         }
     }
 
+    /// A message that arrived from `peer`, counted; `None` (counted as malformed) when it does
+    /// not decode, and the link it came on is then closed by the caller.
+    fn decode_received(&self, peer: &PeerId, bytes: &[u8]) -> Option<Message> {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        match Message::decode(bytes) {
+            Ok(msg) => Some(msg),
+            Err(e) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "malformed pipeline message; closing its link");
+                None
+            }
+        }
+    }
+
     /// Reads pipeline messages from a stream a peer opened (after its opening frame).
     pub async fn read_from(self: Arc<Self>, mut stream: DataStream) {
         let peer = stream.peer();
@@ -233,14 +247,8 @@ impl Transport {
                     return;
                 }
             };
-            self.counters.received.fetch_add(1, Ordering::Relaxed);
-            let msg = match Message::decode(&bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the stream");
-                    return;
-                }
+            let Some(msg) = self.decode_received(&peer, &bytes) else {
+                return;
             };
             match self.route_local(msg) {
                 Ok(None) => {}
@@ -259,9 +267,7 @@ impl Transport {
             }
         }
     }
-}
 
-impl Transport {
     /// Reads pipeline messages from a lane a peer opened, on a thread of its own: the thread
     /// hands each message straight to its stage.
     pub fn read_lane(self: &Arc<Self>, mut lane: LaneReceiver) {
@@ -313,15 +319,10 @@ impl Transport {
                     return;
                 }
             };
-            self.counters.received.fetch_add(1, Ordering::Relaxed);
-            match Message::decode(&bytes) {
-                Ok(msg) => self.deliver_here(msg),
-                Err(e) => {
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, error = %e, "malformed pipeline message; closing the lane");
-                    return;
-                }
-            }
+            let Some(msg) = self.decode_received(&peer, &bytes) else {
+                return;
+            };
+            self.deliver_here(msg);
         }
     }
 
